@@ -40,8 +40,11 @@ class RunContext:
         token = (
             hashlib.sha1(key.encode()).hexdigest()[:8] if key else uuid.uuid4().hex[:8]
         )
-        return cls(ds=ds, run_id=f"{ds.replace('-', '')}_{token}",
-                   data_root=Path(data_root).expanduser().resolve())
+        return cls(
+            ds=ds,
+            run_id=f"{ds.replace('-', '')}_{token}",
+            data_root=Path(data_root).expanduser().resolve(),
+        )
 
     def partition(self, *parts: str) -> Path:
         """Directory of this run's partition of a dataset, created on demand."""
@@ -77,7 +80,9 @@ class RunContext:
     @classmethod
     def from_dict(cls, data: dict[str, str]) -> RunContext:
         """Inverse of :meth:`as_dict`."""
-        return cls(ds=data["ds"], run_id=data["run_id"], data_root=Path(data["data_root"]))
+        return cls(
+            ds=data["ds"], run_id=data["run_id"], data_root=Path(data["data_root"])
+        )
 
 
 def _jsonable(value: Any) -> Any:

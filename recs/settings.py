@@ -57,6 +57,7 @@ class Settings:
     mastery_threshold: float = 0.9
     top_n: int = 10
     svd_components: int = 32
+    svd_min_students: int = 100
     category_weight: float = 1.0
     minibatch_above: int = 200_000
     auto_k_range: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
@@ -80,7 +81,9 @@ class Settings:
         if not self.progress_scale > 0:
             raise ValueError(f"progress_scale must be > 0, got {self.progress_scale}")
         if not 0 <= self.max_bad_share <= 1:
-            raise ValueError(f"max_bad_share must be in [0, 1], got {self.max_bad_share}")
+            raise ValueError(
+                f"max_bad_share must be in [0, 1], got {self.max_bad_share}"
+            )
         if not 0 < self.mastery_threshold < 1:
             raise ValueError(
                 f"mastery_threshold must be in (0, 1), got {self.mastery_threshold}"
@@ -88,14 +91,16 @@ class Settings:
         if self.top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {self.top_n}")
         if self.n_clusters != "auto" and int(self.n_clusters) < 1:
-            raise ValueError(f"n_clusters must be >= 1 or 'auto', got {self.n_clusters!r}")
+            raise ValueError(
+                f"n_clusters must be >= 1 or 'auto', got {self.n_clusters!r}"
+            )
         if self.keep_runs < 2:
-            raise ValueError(f"keep_runs must be >= 2 to allow rollback, got {self.keep_runs}")
+            raise ValueError(
+                f"keep_runs must be >= 2 to allow rollback, got {self.keep_runs}"
+            )
 
     @classmethod
-    def from_env(
-        cls, env: dict[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``RECS_*`` variables, then apply ``overrides``.
 
         Overrides whose value is ``None`` are ignored, so optional CLI flags
@@ -156,12 +161,22 @@ def mask_url(url: str) -> str:
 
 
 _INT_FIELDS = {
-    "keep_runs", "random_state", "top_n", "svd_components", "minibatch_above",
-    "min_eval_students", "min_mastered_for_eval",
+    "keep_runs",
+    "random_state",
+    "top_n",
+    "svd_components",
+    "minibatch_above",
+    "svd_min_students",
+    "min_eval_students",
+    "min_mastered_for_eval",
 }
 _FLOAT_FIELDS = {
-    "progress_scale", "mastery_threshold", "max_bad_share", "max_recall_drop",
-    "holdout_share", "category_weight",
+    "progress_scale",
+    "mastery_threshold",
+    "max_bad_share",
+    "max_recall_drop",
+    "holdout_share",
+    "category_weight",
 }
 _TUPLE_FIELDS = {"no_category_values", "null_values", "auto_k_range"}
 _BOOL_FIELDS = {"quality_gate"}

@@ -1,0 +1,350 @@
+"""The ``recs`` command line: run the pipeline, inspect and manage its output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recs.errors import RecsError
+from recs.settings import Settings, mask_url
+
+logger = logging.getLogger(__name__)
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("source")
+    group.add_argument("--courses", help="courses file (CSV or Parquet, path or URL)")
+    group.add_argument("--progress", help="progress file (CSV or Parquet, path or URL)")
+    group.add_argument("--source-url", help="SQLAlchemy URL of a source database")
+    group.add_argument(
+        "--courses-query", help="SQL giving the courses (with --source-url)"
+    )
+    group.add_argument(
+        "--progress-query", help="SQL giving the progress (with --source-url)"
+    )
+    group.add_argument("--course-id-column", help="courses: id column (courseId)")
+    group.add_argument("--title-column", help="courses: title column (title)")
+    group.add_argument("--categories-column", help="courses: categories (categories)")
+    group.add_argument(
+        "--student-id-column", help="progress: student column (studentId)"
+    )
+    group.add_argument(
+        "--progress-course-id-column", help="progress: course column (courseId)"
+    )
+    group.add_argument("--progress-column", help="progress: value column (progress)")
+    group.add_argument("--timestamp-column", help="progress: last-activity column")
+    group.add_argument(
+        "--progress-format",
+        choices=("percent", "number"),
+        help="percent strings like 85%% (default) or plain numbers",
+    )
+    group.add_argument(
+        "--progress-scale",
+        type=float,
+        help="top of the scale for --progress-format number: 100, 1 or 5 (stars)",
+    )
+    group.add_argument(
+        "--no-category",
+        action="append",
+        dest="no_category_values",
+        metavar="VALUE",
+        help="a categories value meaning 'none', e.g. '(no genres listed)'",
+    )
+    group.add_argument("--category-separator", help="separator of categories (|)")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date", help="run date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--warehouse", dest="warehouse_url", help="warehouse URL")
+    parser.add_argument("--data-dir", help="data root for Parquet outputs (./var)")
+    parser.add_argument(
+        "--n-clusters", help="number of clusters, or 'auto' (default 20)"
+    )
+    parser.add_argument("--top-n", type=int, help="recommendations per student (10)")
+    parser.add_argument("--random-state", type=int, help="seed (0)")
+    parser.add_argument("--mastery-threshold", type=float, help="mastered above (0.9)")
+    parser.add_argument(
+        "--max-bad-share",
+        type=float,
+        metavar="FRACTION",
+        help="largest share of bad rows per input before the run stops (0.05)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``recs`` command."""
+    parser = argparse.ArgumentParser(
+        prog="recs", description="Course recommendations from learning progress."
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (-v info, -vv debug)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every step for one date")
+    _source_options(run)
+    _run_options(run)
+    run.add_argument(
+        "--skip-quality-gate",
+        action="store_true",
+        help="publish even if the offline evaluation gate fails (this run only)",
+    )
+
+    evaluate = commands.add_parser("evaluate", help="offline evaluation on a holdout")
+    _source_options(evaluate)
+    _run_options(evaluate)
+    evaluate.add_argument("--report", type=Path, help="also write the JSON report here")
+
+    show = commands.add_parser("show", help="print one student's recommendations")
+    show.add_argument("student_id")
+    show.add_argument("--warehouse", dest="warehouse_url")
+
+    runs = commands.add_parser("runs", help="list recent runs from the ledger")
+    runs.add_argument("--warehouse", dest="warehouse_url")
+    runs.add_argument("--limit", type=int, default=10)
+
+    rollback = commands.add_parser("rollback", help="put the previous run back")
+    rollback.add_argument("--warehouse", dest="warehouse_url")
+
+    generate = commands.add_parser("generate", help="write synthetic source data")
+    generate.add_argument("--students", type=int, required=True)
+    generate.add_argument("--courses", type=int, default=100)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+SETTING_ARGS = (
+    "courses",
+    "progress",
+    "source_url",
+    "courses_query",
+    "progress_query",
+    "course_id_column",
+    "title_column",
+    "categories_column",
+    "student_id_column",
+    "progress_course_id_column",
+    "progress_column",
+    "timestamp_column",
+    "progress_format",
+    "progress_scale",
+    "no_category_values",
+    "category_separator",
+    "warehouse_url",
+    "data_dir",
+    "n_clusters",
+    "top_n",
+    "random_state",
+    "mastery_threshold",
+    "max_bad_share",
+)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the options given."""
+    overrides = {name: getattr(args, name, None) for name in SETTING_ARGS}
+    if getattr(args, "skip_quality_gate", False):
+        overrides["quality_gate"] = False
+    return Settings.from_env(**overrides)
+
+
+def _progress_printer(started: float) -> Any:
+    step_started = {}
+
+    def on_step(name: str, index: int, total: int, summary: dict | None) -> None:
+        if summary is None:
+            step_started[name] = time.perf_counter()
+            print(f"[{index}/{total}] {name} ...", file=sys.stderr, flush=True)
+            return
+        seconds = time.perf_counter() - step_started[name]
+        print(
+            f"[{index}/{total}] {name} done in {seconds:.1f} s: "
+            f"{_brief(name, summary)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return on_step
+
+
+def _brief(name: str, summary: dict[str, Any]) -> str:
+    if name == "extract":
+        return (
+            f"{summary['courses']['rows']} course rows, "
+            f"{summary['progress']['rows']} progress rows"
+        )
+    if name == "validate":
+        c, p = summary["courses"], summary["progress"]
+        return (
+            f"kept {c['kept']} courses, {p['kept']} progress rows; quarantined "
+            f"{c['quarantined']} + {p['quarantined']}, {p.get('duplicates', 0)} "
+            "duplicates"
+        )
+    if name == "features":
+        return f"{summary['students']} students x {summary['categories']} categories"
+    if name == "cluster":
+        return f"k={summary['n_clusters']}, silhouette {summary['silhouette']}"
+    if name == "recommend":
+        return (
+            f"{summary['recommendations']} rows ({summary['fallback_rows']} fallback)"
+        )
+    if name == "evaluate":
+        metrics = summary.get("metrics") or {}
+        return (
+            f"recall@10 {metrics.get('recall_at_10')}; gate: "
+            f"{(summary.get('gate') or {}).get('status')}"
+        )
+    if name == "publish":
+        return f"published run {summary.get('run_id')}"
+    return ""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recs.pipeline import run_pipeline
+
+    settings = settings_from_args(args)
+    started = time.perf_counter()
+    run, results = run_pipeline(
+        settings, ds=args.date, on_step=_progress_printer(started)
+    )
+    validate = results["validate"]
+    print(
+        f"run {run.run_id} for {run.ds} published in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    print(f"  progress rows in:    {validate['progress']['rows']}")
+    print(
+        f"  quarantined rows:    {validate['progress']['quarantined']} progress, "
+        f"{validate['courses']['quarantined']} courses"
+    )
+    print(
+        f"  students:            {results['cluster']['students']} in "
+        f"{results['cluster']['n_clusters']} clusters"
+    )
+    print(f"  recommendations:     {results['recommend']['recommendations']}")
+    metrics = results.get("evaluate", {}).get("metrics") or {}
+    if metrics:
+        print(f"  recall@10:           {metrics.get('recall_at_10')}")
+    print(f"  warehouse:           {mask_url(settings.warehouse_url)}")
+    print(f"  data:                {run.run_dir.parent.parent}")
+    print(f"  data docs:           {validate.get('data_docs')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recs.evaluate import evaluate_sources, format_table
+
+    settings = settings_from_args(args)
+    report = evaluate_sources(settings, ds=args.date, report_path=args.report)
+    print(format_table(report))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from recs import warehouse
+
+    engine = warehouse.get_engine(
+        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
+    )
+    try:
+        found = warehouse.student_recommendations(engine, args.student_id)
+        if found is None:
+            print(
+                f"student {args.student_id!r} has no recommendations in the current "
+                "run; the fallback list for new students is:"
+            )
+            rows = warehouse.popular_courses(engine)
+            for row in rows:
+                print(f"  {row['rank']:>3}  {row['course_id']:<12} {row['reason']}")
+            return 0
+        print(
+            f"student {args.student_id}: cluster {found['cluster_id']} "
+            f"(run {found['run_id']})"
+        )
+        for row in found["recommendations"]:
+            print(
+                f"  {row['rank']:>3}  {row['course_id']:<12} {row['score']:.3f}  "
+                f"{row['strategy']:<8}  {row['reason']}"
+            )
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from recs import warehouse
+
+    engine = warehouse.get_engine(
+        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
+    )
+    try:
+        for row in warehouse.recent_runs(engine, limit=args.limit):
+            print(json.dumps(row, default=str))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from recs import warehouse
+
+    engine = warehouse.get_engine(
+        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
+    )
+    try:
+        result = warehouse.rollback(engine)
+    finally:
+        engine.dispose()
+    print(f"rolled back: current run is now {result.get('run_id')}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from recs.generate import generate
+
+    summary = generate(
+        n_students=args.students,
+        n_courses=args.courses,
+        seed=args.seed,
+        out_dir=args.out,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "evaluate": cmd_evaluate,
+    "show": cmd_show,
+    "runs": cmd_runs,
+    "rollback": cmd_rollback,
+    "generate": cmd_generate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``recs`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (RecsError, ValueError, FileNotFoundError) as err:
+        print(f"recs {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            logger.exception("details")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
