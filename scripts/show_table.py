@@ -1,0 +1,30 @@
+"""Print where the recommendation table is and a few of its rows."""
+
+from __future__ import annotations
+
+import sys
+
+import sqlalchemy as sa
+
+from recs.settings import mask_url
+
+
+def main(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        total = conn.execute(sa.text("SELECT COUNT(*) FROM student_recommendations"))
+        rows = conn.execute(sa.text(
+            "SELECT student_id, rank, course_id, score, strategy, reason "
+            "FROM student_recommendations ORDER BY student_id, rank LIMIT 12"
+        )).all()
+        count = total.scalar_one()
+    print(f"\nstudent_recommendations in {mask_url(url)}: {count} rows; first rows:")
+    print(f"{'student':<10} {'rank':>4}  {'course':<8} {'score':>6}  {'strategy':<9} reason")
+    for row in rows:
+        print(f"{row.student_id:<10} {row.rank:>4}  {row.course_id:<8} "
+              f"{row.score:>6.3f}  {row.strategy:<9} {row.reason}")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
