@@ -22,10 +22,10 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--progress", help="progress file (CSV or Parquet, path or URL)")
     group.add_argument("--source-url", help="SQLAlchemy URL of a source database")
     group.add_argument(
-        "--courses-query", help="SQL giving the courses (with --source-url)"
+        "--courses-query", help="SQL giving the courses; @FILE reads it from FILE"
     )
     group.add_argument(
-        "--progress-query", help="SQL giving the progress (with --source-url)"
+        "--progress-query", help="SQL giving the progress; @FILE reads it from FILE"
     )
     group.add_argument("--course-id-column", help="courses: id column (courseId)")
     group.add_argument("--title-column", help="courses: title column (title)")
@@ -153,6 +153,10 @@ SETTING_ARGS = (
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the options given."""
     overrides = {name: getattr(args, name, None) for name in SETTING_ARGS}
+    for name in ("courses_query", "progress_query"):
+        query = overrides.get(name)
+        if query and query.startswith("@"):
+            overrides[name] = Path(query[1:]).read_text()
     if getattr(args, "skip_quality_gate", False):
         overrides["quality_gate"] = False
     return Settings.from_env(**overrides)
