@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ BLOCK_STUDENTS = 1 << 15  # students per random stream; fixes the output per see
 KEYS_PER_SLICE = 1 << 22  # student x course keys held at once while sampling
 EXPLORATION = 0.15  # share of course choices made outside the interests
 ZIPF_EXPONENT = 1.0
+WORKERS = 2  # threads drawing blocks; the output does not depend on it
 COUNT_SHAPE = 4.0  # gamma shape of courses per student; lower = more spread
 WRITE_OPTIONS = pacsv.WriteOptions(
     quoting_style="none", quoting_header="none", batch_size=1 << 16
@@ -354,35 +357,65 @@ def _block_groups(seed: int, block: int, size: int, shares: np.ndarray) -> np.nd
 def _progress_blocks(
     catalogue: Catalogue, n_students: int, seed: int, rows_per_student: float
 ) -> Iterator[tuple[pa.Table, int]]:
-    """Yield the progress rows of each block of students and its mastered count."""
-    n_courses = len(catalogue.course_ids)
+    """Yield each block's progress rows and mastered count, in student order.
+
+    Blocks have their own random streams, so they are drawn on a few threads
+    (numpy and Arrow release the GIL) without changing the output.
+    """
     shares = _group_shares(seed)
+    pending: deque[Future[list[tuple[pa.Table, int]]]] = deque()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for block, start, stop in _blocks(n_students):
+            pending.append(
+                pool.submit(
+                    _progress_block,
+                    catalogue, seed, block, start, stop, shares, rows_per_student,
+                )
+            )
+            if len(pending) > 2 * WORKERS:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _progress_block(
+    catalogue: Catalogue,
+    seed: int,
+    block: int,
+    start: int,
+    stop: int,
+    shares: np.ndarray,
+    rows_per_student: float,
+) -> list[tuple[pa.Table, int]]:
+    """Draw the progress rows of students ``start + 1 .. stop``."""
+    n_courses = len(catalogue.course_ids)
     step = max(1, KEYS_PER_SLICE // n_courses)
-    for block, start, stop in _blocks(n_students):
-        groups = _block_groups(seed, block, stop - start, shares)
-        rng = np.random.default_rng([seed, 3, block])
-        # Gamma-Poisson: mean rows_per_student, a long tail of keen students.
-        extra = rng.gamma(
-            COUNT_SHAPE, max(rows_per_student - 1, 0) / COUNT_SHAPE, size=stop - start
+    groups = _block_groups(seed, block, stop - start, shares)
+    rng = np.random.default_rng([seed, 3, block])
+    # Gamma-Poisson: mean rows_per_student, a long tail of keen students.
+    extra = rng.gamma(
+        COUNT_SHAPE, max(rows_per_student - 1, 0) / COUNT_SHAPE, size=stop - start
+    )
+    counts = np.minimum(rng.poisson(extra) + 1, n_courses)
+    diligence = rng.normal(0.0, 0.7, size=stop - start).astype(np.float32)
+    tables = []
+    for lo in range(0, stop - start, step):
+        hi = min(lo + step, stop - start)
+        courses = _choose_courses(rng, catalogue, groups[lo:hi], counts[lo:hi])
+        owner = np.repeat(np.arange(lo, hi), counts[lo:hi])
+        tenths = _draw_progress(
+            rng, catalogue.fit[groups[owner], courses], diligence[owner]
         )
-        counts = np.minimum(rng.poisson(extra) + 1, n_courses)
-        diligence = rng.normal(0.0, 0.7, size=stop - start).astype(np.float32)
-        for lo in range(0, stop - start, step):
-            hi = min(lo + step, stop - start)
-            courses = _choose_courses(rng, catalogue, groups[lo:hi], counts[lo:hi])
-            owner = np.repeat(np.arange(lo, hi), counts[lo:hi])
-            tenths = _draw_progress(
-                rng, catalogue.fit[groups[owner], courses], diligence[owner]
-            )
-            table = pa.table(
-                [
-                    pa.array(owner + start + 1, pa.int64()),
-                    pa.array(catalogue.course_ids[courses]),
-                    PERCENT_TEXT.take(pa.array(tenths)),
-                ],
-                schema=STUDENT_SCHEMA,
-            )
-            yield table, int(np.count_nonzero(tenths > 900))
+        table = pa.table(
+            [
+                pa.array(owner + start + 1, pa.int64()),
+                pa.array(catalogue.course_ids[courses]),
+                PERCENT_TEXT.take(pa.array(tenths)),
+            ],
+            schema=STUDENT_SCHEMA,
+        )
+        tables.append((table, int(np.count_nonzero(tenths > 900))))
+    return tables
 
 
 def _choose_courses(
