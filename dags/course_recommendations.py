@@ -55,7 +55,11 @@ PARAMS = {
     "n_clusters": Param(
         None,
         type=["null", "integer", "string"],
-        description="Number of clusters, or 'auto'. Empty: 20.",
+        minimum=1,
+        maximum=1000,
+        pattern="^auto$",
+        description="Number of clusters (1-1000), or 'auto' to pick it by "
+        "silhouette. Empty: 20.",
     ),
     "top_n": Param(
         None,
@@ -162,7 +166,7 @@ def _log_failure(context: dict[str, Any]) -> None:
     },
 )
 def course_recommendations() -> None:
-    @task
+    @task(**IO_RETRIES)
     def start() -> dict[str, str]:
         """Create the run context and record the run as started (recs.pipeline)."""
         from recs.context import RunContext
