@@ -365,6 +365,7 @@ class _Checker:
                 suite=gx_suite,
             )
         )
+        started = time.perf_counter()
         result = definition.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
@@ -375,6 +376,10 @@ class _Checker:
             },
         )
         outcomes = [r.to_json_dict() for r in result.results]
+        logger.debug(
+            "GX suite %s on %d rows took %.2f s",
+            name, len(frame), time.perf_counter() - started,
+        )
         for outcome in outcomes:
             message = _raised_exception(outcome.get("exception_info") or {})
             if message is not None:
