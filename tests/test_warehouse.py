@@ -301,13 +301,30 @@ def test_publish_run_failure_keeps_previous_run(
     assert "disk full while loading" in failed["reason"]
 
 
-def test_publish_run_rejects_missing_column_before_loading(
-    engine: sa.Engine, tmp_path: Path
+@pytest.mark.parametrize(
+    ("table", "frame", "match"),
+    [
+        ("student_clusters", pd.DataFrame({"student_id": ["1"]}), "'cluster_id'"),
+        (
+            "popular_courses",
+            pd.DataFrame({"rank": [1], "course_id": ["c"], "score": ["high"],
+                          "reason": ["r"]}),
+            "column 'score' is not double",
+        ),
+        (
+            "popular_courses",
+            pd.DataFrame({"rank": [], "course_id": [], "score": [], "reason": []}),
+            "popular_courses has no rows",
+        ),
+    ],
+)
+def test_publish_run_rejects_bad_input_before_switch(
+    engine: sa.Engine, tmp_path: Path, table: str, frame: pd.DataFrame, match: str
 ) -> None:
     paths = make_run(tmp_path / "r")
-    pd.DataFrame({"student_id": ["1"]}).to_parquet(paths["student_clusters"])
+    frame.to_parquet(paths[table])
 
-    with pytest.raises(PublishError, match="cluster_id"):
+    with pytest.raises(PublishError, match=match):
         warehouse.publish_run(engine, "r", "2026-12-01", paths, {})
     assert run_tables(engine) == set()
     assert warehouse.current_run(engine) is None
