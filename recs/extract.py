@@ -94,8 +94,14 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     summary: dict[str, Any] = {"source": _describe_source(settings)}
     for kind, location in (
-        ("courses", settings.courses_query if settings.uses_sql_source else settings.courses),
-        ("progress", settings.progress_query if settings.uses_sql_source else settings.progress),
+        (
+            "courses",
+            settings.courses_query if settings.uses_sql_source else settings.courses,
+        ),
+        (
+            "progress",
+            settings.progress_query if settings.uses_sql_source else settings.progress,
+        ),
     ):
         if not location:
             raise ValueError(f"no {kind} source given (file path or SQL query)")
@@ -105,7 +111,11 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
         pq.write_table(rejects, out_dir / "rejects.parquet")
         logger.info(
             "read %d %s rows from %s (%d malformed) into %s",
-            table.num_rows, kind, _describe(location, settings), rejects.num_rows, out_dir,
+            table.num_rows,
+            kind,
+            _describe(location, settings),
+            rejects.num_rows,
+            out_dir,
         )
         summary[kind] = {
             "location": _describe(location, settings),
@@ -179,14 +189,16 @@ def _parse_csv(
     rejects: list[dict[str, Any]] = []
 
     def on_invalid(row: Any) -> str:
-        rejects.append({
-            "row_number": (row.number - 1) if row.number is not None else None,
-            "text": row.text,
-            "reason": (
-                f"malformed row: expected {row.expected_columns} fields, "
-                f"found {row.actual_columns}"
-            ),
-        })
+        rejects.append(
+            {
+                "row_number": (row.number - 1) if row.number is not None else None,
+                "text": row.text,
+                "reason": (
+                    f"malformed row: expected {row.expected_columns} fields, "
+                    f"found {row.actual_columns}"
+                ),
+            }
+        )
         return "skip"
 
     header = _read_header(data, location)
@@ -226,8 +238,7 @@ def _explain_csv_error(err: Exception, data: bytes) -> str:
     if "invalid UTF8" in message:
         line = _first_non_utf8_line(data)
         return (
-            f"not UTF-8 text (first bad bytes on line {line}); "
-            "save the file as UTF-8"
+            f"not UTF-8 text (first bad bytes on line {line}); save the file as UTF-8"
         )
     return f"cannot parse as CSV: {message}"
 

@@ -25,7 +25,9 @@ def require_shared(*parts: str) -> Path:
     path = shared_dir().joinpath(*parts)
     if not path.exists():
         if os.environ.get("CI") == "true":
-            raise FileNotFoundError(f"{path} is missing; CI needs shared/ beside the repo")
+            raise FileNotFoundError(
+                f"{path} is missing; CI needs shared/ beside the repo"
+            )
         pytest.skip(f"{path} not available")
     return path
 
@@ -46,9 +48,7 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def write_clean(
-    run: RunContext, courses: pd.DataFrame, progress: pd.DataFrame
-) -> None:
+def write_clean(run: RunContext, courses: pd.DataFrame, progress: pd.DataFrame) -> None:
     """Write already-validated inputs where the model steps read them."""
     from recs.features import clean_paths
 

@@ -12,10 +12,12 @@ from recs.features import build_features, category_means, course_categories, enc
 from recs.settings import Settings
 from tests.conftest import write_clean
 
-COURSES = pd.DataFrame({
-    "course_id": ["C1", "C2", "C3"],
-    "categories": ["AWS|Cloud", "Cloud", "Data"],
-})
+COURSES = pd.DataFrame(
+    {
+        "course_id": ["C1", "C2", "C3"],
+        "categories": ["AWS|Cloud", "Cloud", "Data"],
+    }
+)
 
 
 def _means(courses: pd.DataFrame, progress: pd.DataFrame) -> pd.DataFrame:
@@ -26,11 +28,13 @@ def _means(courses: pd.DataFrame, progress: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_category_means_course_in_several_categories_counts_in_each() -> None:
-    progress = pd.DataFrame({
-        "student_id": ["S1", "S1", "S1", "S2"],
-        "course_id": ["C1", "C2", "C3", "C2"],
-        "progress": [0.9, 0.5, 0.2, 1.0],
-    })
+    progress = pd.DataFrame(
+        {
+            "student_id": ["S1", "S1", "S1", "S2"],
+            "course_id": ["C1", "C2", "C3", "C2"],
+            "progress": [0.9, 0.5, 0.2, 1.0],
+        }
+    )
     means = _means(COURSES, progress)
     assert list(means.columns) == ["AWS", "Cloud", "Data"]
     assert means.loc["S1", "AWS"] == pytest.approx(0.9)
@@ -40,13 +44,19 @@ def test_category_means_course_in_several_categories_counts_in_each() -> None:
 
 
 def test_category_means_keep_exact_labels_with_regex_characters() -> None:
-    courses = pd.DataFrame({
-        "course_id": ["a", "b", "c"],
-        "categories": ["C++", "C", "Regex (PCRE)|.NET"],
-    })
-    progress = pd.DataFrame({
-        "student_id": ["s", "s"], "course_id": ["a", "c"], "progress": [0.95, 0.1],
-    })
+    courses = pd.DataFrame(
+        {
+            "course_id": ["a", "b", "c"],
+            "categories": ["C++", "C", "Regex (PCRE)|.NET"],
+        }
+    )
+    progress = pd.DataFrame(
+        {
+            "student_id": ["s", "s"],
+            "course_id": ["a", "c"],
+            "progress": [0.95, 0.1],
+        }
+    )
     means = _means(courses, progress)
     assert means.loc["s"].to_dict() == pytest.approx(
         {"C++": 0.95, "C": 0.0, "Regex (PCRE)": 0.1, ".NET": 0.1}
@@ -55,9 +65,13 @@ def test_category_means_keep_exact_labels_with_regex_characters() -> None:
 
 def test_encode_keeps_ids_as_text() -> None:
     courses = pd.DataFrame({"course_id": ["007", "07", "7"], "categories": ["X"] * 3})
-    progress = pd.DataFrame({
-        "student_id": ["00042", "042"], "course_id": ["007", "7"], "progress": [1.0, 0.5],
-    })
+    progress = pd.DataFrame(
+        {
+            "student_id": ["00042", "042"],
+            "course_id": ["007", "7"],
+            "progress": [1.0, 0.5],
+        }
+    )
     data = encode(courses, progress)
     assert data.students.tolist() == ["00042", "042"]
     assert data.courses.tolist() == ["007", "07", "7"]
@@ -65,7 +79,9 @@ def test_encode_keeps_ids_as_text() -> None:
 
 
 def test_encode_rejects_progress_on_unknown_course() -> None:
-    progress = pd.DataFrame({"student_id": ["s"], "course_id": ["C9"], "progress": [1.0]})
+    progress = pd.DataFrame(
+        {"student_id": ["s"], "course_id": ["C9"], "progress": [1.0]}
+    )
     with pytest.raises(ValueError, match="C9"):
         encode(COURSES, progress)
 
@@ -73,9 +89,13 @@ def test_encode_rejects_progress_on_unknown_course() -> None:
 def test_build_features_writes_float64_table_and_skips_factors_for_tiny_batch(
     run: RunContext, settings: Settings
 ) -> None:
-    progress = pd.DataFrame({
-        "student_id": ["S1", "S2"], "course_id": ["C1", "C3"], "progress": [0.8, 0.3],
-    })
+    progress = pd.DataFrame(
+        {
+            "student_id": ["S1", "S2"],
+            "course_id": ["C1", "C3"],
+            "progress": [0.8, 0.3],
+        }
+    )
     write_clean(run, COURSES, progress)
     summary = build_features(run, settings)
     table = pq.read_table(summary["category_path"])
@@ -90,13 +110,17 @@ def test_build_features_adds_unit_length_factors_for_enough_students(
 ) -> None:
     rng = np.random.default_rng(0)
     n = 150
-    progress = pd.DataFrame({
-        "student_id": [f"S{i:03d}" for i in range(n) for _ in range(2)],
-        "course_id": rng.choice(["C1", "C2", "C3"], size=2 * n),
-        "progress": rng.uniform(0.1, 1.0, size=2 * n),
-    }).drop_duplicates(["student_id", "course_id"])
+    progress = pd.DataFrame(
+        {
+            "student_id": [f"S{i:03d}" for i in range(n) for _ in range(2)],
+            "course_id": rng.choice(["C1", "C2", "C3"], size=2 * n),
+            "progress": rng.uniform(0.1, 1.0, size=2 * n),
+        }
+    ).drop_duplicates(["student_id", "course_id"])
     write_clean(run, COURSES, progress)
     summary = build_features(run, settings.replace(svd_components=2))
     factors = pq.read_table(summary["factor_path"]).to_pandas().set_index("student_id")
     assert factors.shape == (n, 2)
-    assert np.linalg.norm(factors.to_numpy(), axis=1) == pytest.approx(np.ones(n), abs=1e-5)
+    assert np.linalg.norm(factors.to_numpy(), axis=1) == pytest.approx(
+        np.ones(n), abs=1e-5
+    )

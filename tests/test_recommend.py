@@ -11,25 +11,34 @@ from recs.recommend import cluster_categories, popular_list, rank_for_clusters
 
 
 def _rank(
-    courses: list[str], rows: list[tuple[str, str, float]], labels: list[int], top_n: int
+    courses: list[str],
+    rows: list[tuple[str, str, float]],
+    labels: list[int],
+    top_n: int,
 ) -> pd.DataFrame:
     catalogue = pd.DataFrame({"course_id": courses, "categories": ["X"] * len(courses)})
     progress = pd.DataFrame(rows, columns=["student_id", "course_id", "progress"])
     data = encode(catalogue, progress)
     ranked = rank_for_clusters(data, np.asarray(labels, np.int32), 0.9, top_n)
-    return pd.DataFrame({
-        "student": data.students[ranked.student],
-        "rank": ranked.rank,
-        "course": data.courses[ranked.course],
-        "score": ranked.score,
-        "cluster": ranked.from_cluster,
-    })
+    return pd.DataFrame(
+        {
+            "student": data.students[ranked.student],
+            "rank": ranked.rank,
+            "course": data.courses[ranked.course],
+            "score": ranked.score,
+            "cluster": ranked.from_cluster,
+        }
+    )
 
 
 def test_rank_orders_by_cluster_share_then_popularity_then_id() -> None:
     rows = [
-        ("A", "C3", 1.0), ("B", "C3", 1.0), ("B", "C2", 1.0), ("C", "C1", 0.95),
-        ("D", "C2", 0.95), ("E", "C1", 0.2),
+        ("A", "C3", 1.0),
+        ("B", "C3", 1.0),
+        ("B", "C2", 1.0),
+        ("C", "C1", 0.95),
+        ("D", "C2", 0.95),
+        ("E", "C1", 0.2),
     ]
     # Cluster 0: A, B, C, E; cluster 1: D.
     out = _rank(["C1", "C2", "C3", "C4"], rows, [0, 0, 0, 1, 0], top_n=4)
@@ -77,14 +86,19 @@ def test_rank_rejects_labels_of_wrong_length() -> None:
 
 
 def test_cluster_categories_share_of_mastered_courses() -> None:
-    catalogue = pd.DataFrame({
-        "course_id": ["C1", "C2", "C3"], "categories": ["AWS|Cloud", "Cloud", "Data"],
-    })
-    progress = pd.DataFrame({
-        "student_id": ["A", "A", "B", "C"],
-        "course_id": ["C1", "C2", "C3", "C3"],
-        "progress": [1.0, 0.95, 0.99, 0.5],
-    })
+    catalogue = pd.DataFrame(
+        {
+            "course_id": ["C1", "C2", "C3"],
+            "categories": ["AWS|Cloud", "Cloud", "Data"],
+        }
+    )
+    progress = pd.DataFrame(
+        {
+            "student_id": ["A", "A", "B", "C"],
+            "course_id": ["C1", "C2", "C3", "C3"],
+            "progress": [1.0, 0.95, 0.99, 0.5],
+        }
+    )
     data = encode(catalogue, progress)
     frame = cluster_categories(data, np.array([0, 0, 1], np.int32), catalogue, 0.9)
     zero = frame[frame.cluster_id == 0].set_index("category")["share"].to_dict()
@@ -94,10 +108,13 @@ def test_cluster_categories_share_of_mastered_courses() -> None:
 
 def test_popular_list_ranks_by_mastery_and_explains_unmastered() -> None:
     catalogue = pd.DataFrame({"course_id": ["C1", "C2", "C3"], "categories": ["X"] * 3})
-    progress = pd.DataFrame({
-        "student_id": ["A", "B", "B"], "course_id": ["C2", "C2", "C1"],
-        "progress": [1.0, 1.0, 0.5],
-    })
+    progress = pd.DataFrame(
+        {
+            "student_id": ["A", "B", "B"],
+            "course_id": ["C2", "C2", "C1"],
+            "progress": [1.0, 1.0, 0.5],
+        }
+    )
     frame = popular_list(encode(catalogue, progress), 0.9, top_n=3)
     assert frame.course_id.tolist() == ["C2", "C1", "C3"]
     assert frame.score.tolist() == pytest.approx([1.0, 0.0, 0.0])
