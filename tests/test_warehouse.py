@@ -527,3 +527,49 @@ def test_publish_run_checks_table_names(
 def test_get_engine_rejects_other_postgres_drivers() -> None:
     with pytest.raises(ValueError, match="psycopg2"):
         warehouse.get_engine("postgresql+psycopg2://u:secret@db/w")
+
+
+def hold_view(
+    engine: sa.Engine, seconds: float, ready: threading.Event
+) -> threading.Thread:
+    """A reader that keeps a view locked in an open transaction for a while."""
+
+    def read() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT count(*) FROM student_recommendations"))
+            ready.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
+def test_publish_run_waits_briefly_for_long_postgres_readers(
+    engine: sa.Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite readers read a snapshot and never lock the views")
+    warehouse.publish_run(engine, "d1", "2026-12-01", make_run(tmp_path / "1"), {})
+    monkeypatch.setattr(warehouse, "_SWITCH_LOCK_TIMEOUT", "200ms")
+    monkeypatch.setattr(warehouse, "_SWITCH_ATTEMPTS", 3)
+
+    reader = hold_view(engine, 0.5, threading.Event())
+    warehouse.publish_run(engine, "d2", "2026-12-02", make_run(tmp_path / "2"), {})
+    reader.join()
+
+    assert "view switch waited 200ms" in caplog.text
+    assert warehouse.current_run(engine)["run_id"] == "d2"
+
+    reader = hold_view(engine, 4.0, threading.Event())
+    with pytest.raises(PublishError, match="long-running reader"):
+        warehouse.publish_run(
+            engine, "d3", "2026-12-03", make_run(tmp_path / "3"), {}
+        )
+    reader.join()
+    assert warehouse.current_run(engine)["run_id"] == "d2"
+    assert len(run_tables(engine)) == 8
