@@ -607,7 +607,12 @@ def publish_run(
     )
 
     mark = time.perf_counter()
-    dropped = _drop_old_tables(engine, keep_runs)
+    try:
+        dropped = _drop_old_tables(engine, keep_runs)
+    except sa.exc.SQLAlchemyError as err:
+        # The run is published; old tables only cost space until the next try.
+        logger.warning("could not drop old run tables (%s); next publish retries", err)
+        dropped = []
     seconds["cleanup"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
     return {
