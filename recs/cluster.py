@@ -27,30 +27,46 @@ def feature_matrix(
     category_path = run.partition("features", "student_category") / "features.parquet"
     table = pq.read_table(category_path)
     students = table.column("student_id").to_numpy(zero_copy_only=False).astype(str)
-    blocks = [
-        np.column_stack(
-            [
-                table.column(name).to_numpy().astype(np.float32)
-                for name in table.column_names[1:]
-            ]
-        )
-        * np.float32(settings.category_weight)
-        if table.num_columns > 1
-        else np.zeros((table.num_rows, 0), np.float32)
-    ]
+    means = _columns(table)
+    factors = None
     factor_path = run.partition("features", "student_factors") / "factors.parquet"
     if factor_path.exists():
-        factors = pq.read_table(factor_path)
-        if factors.num_rows == table.num_rows and factors.num_columns > 1:
-            blocks.append(
-                np.column_stack(
-                    [
-                        factors.column(name).to_numpy().astype(np.float32)
-                        for name in factors.column_names[1:]
-                    ]
-                )
-            )
-    return students, np.ascontiguousarray(np.hstack(blocks))
+        factor_table = pq.read_table(factor_path)
+        if factor_table.num_rows == table.num_rows:
+            factors = _columns(factor_table)
+    return students, stack_features(means, factors, settings.category_weight)
+
+
+def stack_features(
+    means: np.ndarray, factors: np.ndarray | None, category_weight: float
+) -> np.ndarray:
+    """The clustering matrix: weighted category means, then the course factors.
+
+    Parameters
+    ----------
+    means : numpy.ndarray, shape (n_students, n_categories)
+        Mean progress per category, 0-1.
+    factors : numpy.ndarray, shape (n_students, n_factors), or None
+        Unit-length course factors, when there are any.
+    category_weight : float
+        Multiplies the category block; 0 clusters on the factors alone.
+    """
+    blocks = [means.astype(np.float32) * np.float32(category_weight)]
+    if factors is not None and factors.shape[1] > 0:
+        blocks.append(factors.astype(np.float32))
+    return np.ascontiguousarray(np.hstack(blocks))
+
+
+def _columns(table: pa.Table) -> np.ndarray:
+    """Every column but the first (the id) as one float32 matrix."""
+    if table.num_columns < 2:
+        return np.zeros((table.num_rows, 0), np.float32)
+    return np.column_stack(
+        [
+            table.column(name).to_numpy().astype(np.float32)
+            for name in table.column_names[1:]
+        ]
+    )
 
 
 def count_distinct_rows(matrix: np.ndarray) -> int:
@@ -123,6 +139,40 @@ def choose_k(
     return best, {"candidates": scores, "why": why}
 
 
+def resolve_k(
+    matrix: np.ndarray, settings: Settings
+) -> tuple[int, int, dict[str, Any]]:
+    """The k to fit: ``settings.n_clusters``, or chosen when it is ``"auto"``.
+
+    k never exceeds the number of distinct rows of ``matrix``; a reduction
+    is logged as a warning.
+
+    Returns
+    -------
+    k : int
+    distinct : int
+        Number of distinct rows (student profiles).
+    choice : dict
+        Candidates and the reason for the choice when ``"auto"``; else empty.
+    """
+    distinct = count_distinct_rows(matrix)
+    if settings.n_clusters == "auto":
+        k, choice = choose_k(matrix, settings.auto_k_range, distinct, settings)
+        logger.info("chose %s", choice["why"])
+        return k, distinct, choice
+    requested = int(settings.n_clusters)
+    k = min(requested, distinct)
+    if k < requested:
+        logger.warning(
+            "k=%d reduced to %d because only %d students (%d distinct profiles)",
+            requested,
+            k,
+            len(matrix),
+            distinct,
+        )
+    return k, distinct, {}
+
+
 def fit_clusters(run: RunContext, settings: Settings) -> dict[str, Any]:
     """Cluster the run's students and keep the assignments and the model.
 
@@ -137,23 +187,8 @@ def fit_clusters(run: RunContext, settings: Settings) -> dict[str, Any]:
     students, matrix = feature_matrix(run, settings)
     if len(students) == 0:
         raise ValueError("no students with usable progress to cluster")
-    distinct = count_distinct_rows(matrix)
-    choice: dict[str, Any] = {}
-    if settings.n_clusters == "auto":
-        requested = None
-        k, choice = choose_k(matrix, settings.auto_k_range, distinct, settings)
-        logger.info("chose %s", choice["why"])
-    else:
-        requested = int(settings.n_clusters)
-        k = min(requested, distinct)
-        if k < requested:
-            logger.warning(
-                "k=%d reduced to %d because only %d students (%d distinct profiles)",
-                requested,
-                k,
-                len(students),
-                distinct,
-            )
+    k, distinct, choice = resolve_k(matrix, settings)
+    requested = None if settings.n_clusters == "auto" else int(settings.n_clusters)
     model = fit_kmeans(matrix, k, settings.random_state, settings.minibatch_above)
     labels = model.labels_.astype(np.int32)
     score = silhouette(matrix, labels, settings.random_state)

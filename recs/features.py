@@ -171,6 +171,33 @@ def course_factors(data: Encoded, n_components: int, random_state: int) -> np.nd
     return np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
 
 
+def student_features(
+    data: Encoded, courses: pd.DataFrame, settings: Settings
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """Category means and, from ``settings.svd_min_students`` up, course factors.
+
+    This is the in-memory core of :func:`build_features`; the offline
+    evaluation calls it on its training split so that it measures exactly
+    what the pipeline builds.
+
+    Returns
+    -------
+    means : numpy.ndarray of float64, shape (n_students, n_categories)
+    labels : list of str
+        Category labels, one per column of ``means``.
+    factors : numpy.ndarray of float32, shape (n_students, n_factors), or None
+        None when factors are turned off or there are too few students.
+    """
+    pair_course, pair_category, labels = course_categories(
+        courses, data.courses, settings.category_separator
+    )
+    means = category_means(data, pair_course, pair_category, len(labels))
+    factors = None
+    if settings.svd_components > 0 and data.n_students >= settings.svd_min_students:
+        factors = course_factors(data, settings.svd_components, settings.random_state)
+    return means, labels, factors
+
+
 def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
     """Write the student x category feature table (and course factors) for a run.
 
@@ -188,10 +215,7 @@ def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     courses, progress = read_clean(run)
     data = encode(courses, progress)
-    pair_course, pair_category, labels = course_categories(
-        courses, data.courses, settings.category_separator
-    )
-    means = category_means(data, pair_course, pair_category, len(labels))
+    means, labels, factors = student_features(data, courses, settings)
     category_path = run.partition("features", "student_category") / "features.parquet"
     columns = {"student_id": pa.array(data.students, pa.string())}
     columns.update({label: pa.array(means[:, j]) for j, label in enumerate(labels)})
@@ -208,8 +232,7 @@ def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
         "categories": len(labels),
         "category_path": str(category_path),
     }
-    if settings.svd_components > 0 and data.n_students >= settings.svd_min_students:
-        factors = course_factors(data, settings.svd_components, settings.random_state)
+    if factors is not None:
         factor_path = run.partition("features", "student_factors") / "factors.parquet"
         table = {"student_id": pa.array(data.students, pa.string())}
         table.update(
