@@ -58,7 +58,7 @@ class Settings:
     top_n: int = 10
     svd_components: int = 32
     svd_min_students: int = 100
-    category_weight: float = 1.0
+    category_weight: float = 0.25
     minibatch_above: int = 200_000
     auto_k_range: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
 

@@ -464,3 +464,16 @@ def test_format_table_lists_every_method() -> None:
     assert lines[2].split()[:3] == ["popularity", "0.5000", "0.2000"]
     assert lines[3].split()[0] == "cf"
     assert "students evaluated: 100" in table
+
+
+def test_evaluate_sources_scores_the_bundled_sample(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path / "var"))
+    report_path = tmp_path / "report.json"
+    report = evaluate.evaluate_sources(
+        settings, ds="2026-12-03", report_path=report_path
+    )
+    assert json.loads(report_path.read_text()) == report
+    assert report["students_evaluated"] >= settings.min_eval_students
+    clusters, popularity = report["clusters"], report["popularity"]
+    assert clusters["recall_at_10"] >= 1.2 * popularity["recall_at_10"]
+    assert "clusters" in format_table(report)
