@@ -19,7 +19,8 @@ def main(url: str) -> None:
         )).all()
         count = total.scalar_one()
     print(f"\nstudent_recommendations in {mask_url(url)}: {count} rows; first rows:")
-    print(f"{'student':<10} {'rank':>4}  {'course':<8} {'score':>6}  {'strategy':<9} reason")
+    header = ("student", "rank", "course", "score", "strategy")
+    print("{:<10} {:>4}  {:<8} {:>6}  {:<9} reason".format(*header))
     for row in rows:
         print(f"{row.student_id:<10} {row.rank:>4}  {row.course_id:<8} "
               f"{row.score:>6.3f}  {row.strategy:<9} {row.reason}")
