@@ -171,7 +171,8 @@ def _read_csv(location: str) -> tuple[pa.Table, pa.Table]:
     """Read a CSV as text; malformed rows are set aside with their row numbers."""
     with _open(location) as handle:
         data = handle.read()
-    if not data.strip(b"\xef\xbb\xbf \t\r\n"):
+    blank = b"\xef\xbb\xbf \t\r\n"
+    if not data[:65536].strip(blank) and not data.strip(blank):
         raise InputFileError(location, "file is empty (no header, no rows)")
     table, rejects = _parse_csv(data, location, fast=True)
     if rejects:
@@ -221,7 +222,9 @@ def _parse_csv(
 
 
 def _read_header(data: bytes, location: str) -> list[str]:
-    first = data.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
+    end = data.find(b"\n")
+    first = (data if end < 0 else data[:end]).removeprefix(b"\xef\xbb\xbf")
+    first = first.rstrip(b"\r")
     try:
         text = first.decode("utf-8")
     except UnicodeDecodeError:
@@ -331,11 +334,42 @@ def _select_columns(
 def _clean_text(table: pa.Table, null_values: tuple[str, ...]) -> pa.Table:
     """Trim whitespace and turn null markers into nulls, in every text column."""
     markers = pa.array(sorted(set(null_values)), pa.string())
+    longest = max((len(m.encode()) for m in set(null_values)), default=-1)
     columns = []
     for name in table.column_names:
         column = table.column(name)
         if name != "row_number":
-            column = pc.utf8_trim_whitespace(column)
-            column = pc.if_else(pc.is_in(column, value_set=markers), None, column)
+            column = pa.chunked_array(
+                [_clean_chunk(chunk, markers, longest) for chunk in column.chunks],
+                pa.string(),
+            )
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _clean_chunk(chunk: pa.Array, markers: pa.Array, longest: int) -> pa.Array:
+    """Trim and null-mark one text chunk, skipping work that cannot change it.
+
+    Trimming is skipped when the chunk's bytes hold no ASCII control or
+    space character and no non-ASCII byte (so no whitespace of any kind);
+    markers are looked up only for values no longer than the longest one.
+    """
+    import numpy as np
+
+    data = chunk.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+    if len(raw) and (raw.min() <= 0x20 or raw.max() >= 0x80):
+        chunk = pc.utf8_trim_whitespace(chunk)
+    if longest < 0:
+        return chunk
+    lengths = pc.fill_null(pc.binary_length(chunk), longest + 1)
+    short = np.flatnonzero(lengths.to_numpy() <= longest)
+    if len(short) == 0:
+        return chunk
+    hits = pc.is_in(chunk.take(pa.array(short)), value_set=markers)
+    hits = short[hits.to_numpy(zero_copy_only=False)]
+    if len(hits) == 0:
+        return chunk
+    mask = np.zeros(len(chunk), bool)
+    mask[hits] = True
+    return pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), chunk)
