@@ -18,6 +18,8 @@ from recs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+GRAM_MAX_COURSES = 2_000
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -69,8 +71,12 @@ def read_clean(run: RunContext) -> tuple[pd.DataFrame, pd.DataFrame]:
 def encode(courses: pd.DataFrame, progress: pd.DataFrame) -> Encoded:
     """Turn ids into integer codes; courses come from the catalogue, in id order."""
     course_ids = np.sort(courses["course_id"].to_numpy(dtype=object)).astype(str)
-    student_codes, student_ids = pd.factorize(progress["student_id"], sort=True)
-    course_codes = pd.Index(course_ids).get_indexer(progress["course_id"])
+    codes = _encode_text(progress["student_id"], progress["course_id"], course_ids)
+    if codes is None:
+        student_codes, student_ids = pd.factorize(progress["student_id"], sort=True)
+        course_codes = pd.Index(course_ids).get_indexer(progress["course_id"])
+    else:
+        student_codes, student_ids, course_codes = codes
     if (course_codes < 0).any():
         unknown = progress["course_id"][course_codes < 0].iloc[0]
         raise ValueError(f"progress refers to course {unknown!r} missing from courses")
@@ -81,6 +87,47 @@ def encode(courses: pd.DataFrame, progress: pd.DataFrame) -> Encoded:
         course=course_codes.astype(np.int32),
         progress=progress["progress"].to_numpy(dtype=np.float64),
     )
+
+
+def _encode_text(
+    students: pd.Series, courses: pd.Series, course_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Student codes (sorted ids) and course codes by hashing in Arrow.
+
+    Gives what ``pd.factorize(sort=True)`` and ``Index.get_indexer`` give,
+    about five times faster on millions of rows; None (use pandas) unless
+    both columns are text without nulls.
+    """
+    import pyarrow.compute as pc
+
+    try:
+        student_text, course_text = pa.array(students), pa.array(courses)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if not all(
+        pa.types.is_string(a.type) and a.null_count == 0
+        for a in (student_text, course_text)
+    ):
+        return None
+    encoded = pc.dictionary_encode(student_text)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries()
+        dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else None
+        indices = np.concatenate(
+            [c.indices.to_numpy() for c in encoded.chunks] or [np.empty(0, np.int32)]
+        )
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
+    if dictionary is None:
+        dictionary = pa.array([], pa.string())
+    order = pc.array_sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    student_ids = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    course_codes = pc.fill_null(
+        pc.index_in(course_text, value_set=pa.array(course_ids, pa.string())), -1
+    )
+    return rank[indices], student_ids, np.asarray(course_codes, dtype=np.int64)
 
 
 def course_categories(
@@ -129,23 +176,24 @@ def category_means(
     -------
     numpy.ndarray of float64, shape (n_students, n_categories)
     """
-    order = np.argsort(pair_course, kind="stable")
-    pair_course, pair_category = pair_course[order], pair_category[order]
-    starts = np.searchsorted(pair_course, np.arange(data.n_courses))
-    counts = np.bincount(pair_course, minlength=data.n_courses)
-    per_row = counts[data.course]
-    row_index = np.repeat(np.arange(len(data.course)), per_row)
-    offsets = np.arange(len(row_index)) - np.repeat(
-        np.cumsum(per_row) - per_row, per_row
-    )
-    category = pair_category[np.repeat(starts[data.course], per_row) + offsets]
-    cell = data.student[row_index].astype(np.int64) * n_categories + category
-    size = data.n_students * n_categories
-    sums = np.bincount(cell, weights=data.progress[row_index], minlength=size)
-    hits = np.bincount(cell, minlength=size)
+    from scipy import sparse
+
+    # Sums and counts per (student, category) as two products with the
+    # course x category membership matrix: linear in rows, no row expansion.
+    membership = np.zeros((data.n_courses, n_categories))
+    membership[pair_course, pair_category] = 1.0
+    shape = (data.n_students, data.n_courses)
+    cells = (data.student, data.course)
+    progress = sparse.csr_matrix((data.progress, cells), shape=shape)
+    if progress.nnz == len(data.student):
+        taken = progress.copy()
+        taken.data = np.ones(progress.nnz)
+    else:  # repeated (student, course) rows: each counts on its own
+        taken = sparse.csr_matrix((np.ones(len(data.student)), cells), shape=shape)
+    sums = np.asarray(progress @ membership)
+    hits = np.asarray(taken @ membership)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(hits > 0, sums / np.maximum(hits, 1), 0.0)
-    return means.reshape(data.n_students, n_categories)
+        return np.where(hits > 0, sums / np.maximum(hits, 1), 0.0)
 
 
 def course_factors(data: Encoded, n_components: int, random_state: int) -> np.ndarray:
@@ -155,20 +203,46 @@ def course_factors(data: Encoded, n_components: int, random_state: int) -> np.nd
     averages alone lose; rows are normalised so that clustering compares
     directions of taste rather than amounts of activity.
     """
-    from scipy import sparse
-    from sklearn.decomposition import TruncatedSVD
-
     n_components = min(n_components, data.n_courses - 1, data.n_students - 1)
     if n_components < 1:
         return np.zeros((data.n_students, 0), dtype=np.float32)
-    matrix = sparse.csr_matrix(
-        (data.progress.astype(np.float32), (data.student, data.course)),
-        shape=(data.n_students, data.n_courses),
-    )
-    svd = TruncatedSVD(n_components=n_components, random_state=random_state)
-    factors = svd.fit_transform(matrix).astype(np.float32)
+    if data.n_courses <= GRAM_MAX_COURSES:
+        factors = _gram_factors(data, n_components)
+    else:
+        from scipy import sparse
+        from sklearn.decomposition import TruncatedSVD
+
+        matrix = sparse.csr_matrix(
+            (data.progress.astype(np.float32), (data.student, data.course)),
+            shape=(data.n_students, data.n_courses),
+        )
+        svd = TruncatedSVD(n_components=n_components, random_state=random_state)
+        factors = svd.fit_transform(matrix).astype(np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     return np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
+
+
+def _gram_factors(data: Encoded, n_components: int) -> np.ndarray:
+    """Exact truncated SVD projections ``X V`` from the course x course Gram matrix.
+
+    With a catalogue of a few thousand courses at most, ``X^T X`` is small:
+    one sparse pass builds it, an eigendecomposition gives the right
+    singular vectors, and the projection is a second pass, linear in rows
+    (randomized SVD makes several passes over ``X``). Signs follow
+    scikit-learn's ``svd_flip``: each vector's largest loading is positive.
+    """
+    from scipy import sparse
+
+    matrix = sparse.csr_matrix(
+        (data.progress, (data.student, data.course)),
+        shape=(data.n_students, data.n_courses),
+    )
+    gram = (matrix.T @ matrix).toarray()
+    values, vectors = np.linalg.eigh(gram)
+    vectors = vectors[:, np.argsort(values)[::-1][:n_components]]
+    largest = np.abs(vectors).argmax(axis=0)
+    vectors *= np.sign(vectors[largest, np.arange(vectors.shape[1])])
+    return np.asarray(matrix @ vectors).astype(np.float32)
 
 
 def student_features(
