@@ -18,6 +18,7 @@ from recs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+DENSE_CELLS = 1 << 29
 STRATEGY_CLUSTER = "cluster"
 STRATEGY_FALLBACK = "fallback"
 OUTPUT_TABLES = (
@@ -111,14 +112,7 @@ def rank_for_clusters(
     position = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
     entry_cluster = labels[entry_student]
     entry_course = cluster_order[entry_cluster, position]
-    keys = data.student[mastered].astype(np.int64) * n_courses + data.course[mastered]
-    keys.sort()
-    entry_keys = entry_student * n_courses + entry_course
-    found = np.searchsorted(keys, entry_keys)
-    already = (found < len(keys)) & (
-        keys[np.minimum(found, len(keys) - 1)] == entry_keys
-    )
-    keep = ~already if len(keys) else np.ones(len(entry_keys), dtype=bool)
+    keep = ~_has_mastered(data, mastered, entry_student, entry_course)
     entry_student, entry_course, entry_cluster = (
         entry_student[keep],
         entry_course[keep],
@@ -146,6 +140,29 @@ def rank_for_clusters(
         from_cluster=from_cluster,
         peers=peers.astype(np.int32),
     )
+
+
+def _has_mastered(
+    data: Encoded,
+    mastered: np.ndarray,
+    student: np.ndarray,
+    course: np.ndarray,
+) -> np.ndarray:
+    """Whether each (student, course) entry is a course the student mastered."""
+    n_courses = data.n_courses
+    if data.n_students * n_courses <= DENSE_CELLS:
+        # A student x course bitmap: one lookup per entry, no sorting.
+        table = np.zeros(data.n_students * n_courses, dtype=bool)
+        table[data.student[mastered].astype(np.int64) * n_courses
+              + data.course[mastered]] = True
+        return table[student * n_courses + course]
+    keys = data.student[mastered].astype(np.int64) * n_courses + data.course[mastered]
+    keys.sort()
+    if len(keys) == 0:
+        return np.zeros(len(student), dtype=bool)
+    entry_keys = student * n_courses + course
+    found = np.searchsorted(keys, entry_keys)
+    return (found < len(keys)) & (keys[np.minimum(found, len(keys) - 1)] == entry_keys)
 
 
 def popular_list(data: Encoded, threshold: float, top_n: int) -> pd.DataFrame:
@@ -228,13 +245,23 @@ def _reasons(ranked: Ranked, labels: np.ndarray, sizes: np.ndarray) -> pa.Array:
     cluster = labels[ranked.student].astype(np.int64)
     peers = ranked.peers.astype(np.int64)
     fallback = (~ranked.from_cluster).astype(np.int64)
-    key = (cluster * (int(peers.max(initial=0)) + 1) + peers) * 2 + fallback
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    span = int(peers.max(initial=0)) + 1
+    key = (cluster * span + peers) * 2 + fallback
+    if len(key) and int(key.max()) < max(4 * len(key), 1 << 20):
+        # Dense key space: number the keys present without sorting them.
+        present = np.zeros(int(key.max()) + 1, dtype=bool)
+        present[key] = True
+        unique = np.flatnonzero(present)
+        number = np.cumsum(present, dtype=np.int64) - 1
+        inverse = number[key]
+    else:
+        unique, inverse = np.unique(key, return_inverse=True)
     texts = [
         "popular with learners overall"
-        if fallback[i]
-        else f"mastered by {peers[i]} of {sizes[cluster[i]]} learners in your cluster"
-        for i in first
+        if u % 2
+        else f"mastered by {(u // 2) % span} of {sizes[u // 2 // span]} learners "
+        "in your cluster"
+        for u in unique.tolist()
     ]
     return pa.DictionaryArray.from_arrays(
         pa.array(inverse.ravel().astype(np.int32)), pa.array(texts, pa.string())
@@ -255,16 +282,16 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
     ranked = rank_for_clusters(data, labels, settings.mastery_threshold, settings.top_n)
     sizes = np.bincount(labels)
     out_dir = run.partition("recommendations")
+    student_ids = pa.array(data.students, pa.string())
     recommendations = pa.table(
         {
-            "student_id": pa.array(data.students[ranked.student], pa.string()),
+            "student_id": student_ids.take(ranked.student),
             "rank": pa.array(ranked.rank.astype(np.int32)),
-            "course_id": pa.array(data.courses[ranked.course], pa.string()),
+            "course_id": pa.array(data.courses, pa.string()).take(ranked.course),
             "score": pa.array(ranked.score),
             "cluster_id": pa.array(labels[ranked.student]),
-            "strategy": pa.array(
-                np.where(ranked.from_cluster, STRATEGY_CLUSTER, STRATEGY_FALLBACK),
-                pa.string(),
+            "strategy": pa.array([STRATEGY_FALLBACK, STRATEGY_CLUSTER]).take(
+                ranked.from_cluster.astype(np.int8)
             ),
             "reason": _reasons(ranked, labels, sizes),
         }
@@ -274,7 +301,7 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
     pq.write_table(
         pa.table(
             {
-                "student_id": pa.array(data.students, pa.string()),
+                "student_id": student_ids,
                 "cluster_id": pa.array(labels),
             }
         ),
