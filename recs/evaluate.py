@@ -301,6 +301,8 @@ def recommend_cf(
     from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
 
+    from recs.features import GRAM_MAX_COURSES, top_right_singular_vectors
+
     n_components = min(CF_COMPONENTS, train.n_courses - 1, train.n_students - 1)
     if n_components < 1:
         return recommend_popular(train, students, settings)
@@ -308,6 +310,15 @@ def recommend_cf(
         (train.progress, (train.student, train.course)),
         shape=(train.n_students, train.n_courses),
     )
+    if train.n_courses <= GRAM_MAX_COURSES:
+        # Exact components in one pass; only the evaluated rows are projected.
+        components = top_right_singular_vectors(matrix, n_components)
+        return _top_k(
+            train,
+            students,
+            settings,
+            lambda block: (matrix[block] @ components.T) @ components,
+        )
     svd = TruncatedSVD(n_components=n_components, random_state=settings.random_state)
     weights = svd.fit_transform(matrix)
     return _top_k(

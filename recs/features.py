@@ -223,26 +223,38 @@ def course_factors(data: Encoded, n_components: int, random_state: int) -> np.nd
 
 
 def _gram_factors(data: Encoded, n_components: int) -> np.ndarray:
-    """Exact truncated SVD projections ``X V`` from the course x course Gram matrix.
-
-    With a catalogue of a few thousand courses at most, ``X^T X`` is small:
-    one sparse pass builds it, an eigendecomposition gives the right
-    singular vectors, and the projection is a second pass, linear in rows
-    (randomized SVD makes several passes over ``X``). Signs follow
-    scikit-learn's ``svd_flip``: each vector's largest loading is positive.
-    """
+    """Exact truncated SVD projections ``X V`` of student x course progress."""
     from scipy import sparse
 
     matrix = sparse.csr_matrix(
         (data.progress, (data.student, data.course)),
         shape=(data.n_students, data.n_courses),
     )
-    gram = (matrix.T @ matrix).toarray()
+    components = top_right_singular_vectors(matrix, n_components)
+    return np.asarray(matrix @ components.T).astype(np.float32)
+
+
+def top_right_singular_vectors(matrix: Any, n_components: int) -> np.ndarray:
+    """The ``n_components`` leading right singular vectors of a sparse matrix.
+
+    Exact, from the eigenvectors of the small column x column Gram matrix
+    ``X^T X``: one pass over the rows, where randomized SVD makes several.
+    Meant for a catalogue of at most ``GRAM_MAX_COURSES`` columns. Signs
+    follow scikit-learn's ``svd_flip``: each vector's largest loading is
+    positive.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n_components, n_columns)
+        Rows ordered by singular value, largest first (like
+        ``TruncatedSVD.components_``).
+    """
+    gram = np.asarray((matrix.T @ matrix).todense(), dtype=np.float64)
     values, vectors = np.linalg.eigh(gram)
     vectors = vectors[:, np.argsort(values)[::-1][:n_components]]
     largest = np.abs(vectors).argmax(axis=0)
     vectors *= np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    return np.asarray(matrix @ vectors).astype(np.float32)
+    return np.ascontiguousarray(vectors.T)
 
 
 def student_features(
