@@ -581,7 +581,7 @@ def _rejects_to_quarantine(source: str, rejects: pa.Table, run_id: str) -> pa.Ta
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     """Distinct values (null included) of a column, each row's index and counts."""
     encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
-    indices = encoded.indices.to_numpy().astype(np.int64)
+    indices = encoded.indices.to_numpy()
     counts = np.bincount(indices, minlength=len(encoded.dictionary))
     return indices, encoded.dictionary, counts
 
@@ -660,7 +660,9 @@ def _check_progress(
     if "timestamp" in table.column_names:
         columns["timestamp"] = table.column("timestamp")
     columns["row_number"] = table.column("row_number")
-    clean = pa.table(columns).filter(pa.array(keep))
+    clean = pa.table(columns)
+    if not keep.all():  # a filter copies every column even when it keeps all
+        clean = clean.filter(pa.array(keep))
     # The ids as their dictionary codes: a pair of codes repeats exactly when
     # the pair of ids does, and GX checks integers much faster than text.
     kept_frame = pd.DataFrame({
@@ -750,7 +752,8 @@ def _deduplicate(
     positions = np.flatnonzero(valid)
     if len(positions) < 2:
         return keep, superseded, kept_row
-    key = students[positions] * (int(courses.max()) + 1) + courses[positions]
+    key = students[positions].astype(np.int64) * (int(courses.max()) + 1)
+    key += courses[positions]
     space = int(key.max()) + 1
     if space <= DEDUP_BITMAP_KEYS:
         # Without repeated keys there is nothing to sort: a bitmap tells.
