@@ -340,7 +340,7 @@ def create_database(admin_url: str) -> tuple[str, str]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    name = f"recs_bench_{uuid.uuid4().hex[:8]}"
+    name = f"recs_pipebench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     params = conninfo_to_dict(admin_url)
