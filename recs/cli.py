@@ -46,7 +46,7 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--progress-scale",
         type=float,
-        help="top of the scale for --progress-format number: 100, 1 or 5 (stars)",
+        help="top of the scale for --progress-format number, e.g. 100, 1, 5",
     )
     group.add_argument(
         "--no-category",
@@ -63,17 +63,36 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", dest="warehouse_url", help="warehouse URL")
     parser.add_argument("--data-dir", help="data root for Parquet outputs (./var)")
     parser.add_argument(
-        "--n-clusters", help="number of clusters, or 'auto' (default 20)"
+        "--n-clusters",
+        type=_clusters,
+        help="number of clusters, or 'auto' (default 20)",
     )
     parser.add_argument("--top-n", type=int, help="recommendations per student (10)")
     parser.add_argument("--random-state", type=int, help="seed (0)")
     parser.add_argument("--mastery-threshold", type=float, help="mastered above (0.9)")
+    parser.add_argument(
+        "--min-mastered-for-eval",
+        type=int,
+        metavar="N",
+        help="evaluate students with at least N mastered courses (5)",
+    )
     parser.add_argument(
         "--max-bad-share",
         type=float,
         metavar="FRACTION",
         help="largest share of bad rows per input before the run stops (0.05)",
     )
+
+
+def _clusters(value: str) -> int | str:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or 'auto', got {value!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list recent runs from the ledger")
     runs.add_argument("--warehouse", dest="warehouse_url")
     runs.add_argument("--limit", type=int, default=10)
+    runs.add_argument("--json", action="store_true", help="one JSON object per run")
 
     rollback = commands.add_parser("rollback", help="put the previous run back")
     rollback.add_argument("--warehouse", dest="warehouse_url")
@@ -147,6 +167,7 @@ SETTING_ARGS = (
     "random_state",
     "mastery_threshold",
     "max_bad_share",
+    "min_mastered_for_eval",
 )
 
 
@@ -197,7 +218,7 @@ def _brief(name: str, summary: dict[str, Any]) -> str:
     if name == "features":
         return f"{summary['students']} students x {summary['categories']} categories"
     if name == "cluster":
-        return f"k={summary['n_clusters']}, silhouette {summary['silhouette']}"
+        return f"k={summary['n_clusters']}, silhouette {_num(summary['silhouette'], 3)}"
     if name == "recommend":
         return (
             f"{summary['recommendations']} rows ({summary['fallback_rows']} fallback)"
@@ -205,7 +226,7 @@ def _brief(name: str, summary: dict[str, Any]) -> str:
     if name == "evaluate":
         metrics = summary.get("metrics") or {}
         return (
-            f"recall@10 {metrics.get('recall_at_10')}; gate: "
+            f"recall@10 {_num(metrics.get('recall_at_10'), 4)}; gate: "
             f"{(summary.get('gate') or {}).get('status')}"
         )
     if name == "publish":
@@ -222,10 +243,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings, ds=args.date, on_step=_progress_printer(started)
     )
     validate = results["validate"]
+    if settings.uses_sql_source:
+        source = f"SQL on {mask_url(settings.source_url or '')}"
+    else:
+        source = f"{settings.courses}, {settings.progress}"
+    if settings.uses_sample:
+        source += " (the bundled sample)"
     print(
         f"run {run.run_id} for {run.ds} published in "
         f"{time.perf_counter() - started:.1f} s"
     )
+    print(f"  inputs:              {source}")
     print(f"  progress rows in:    {validate['progress']['rows']}")
     print(
         f"  quarantined rows:    {validate['progress']['quarantined']} progress, "
@@ -238,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  recommendations:     {results['recommend']['recommendations']}")
     metrics = results.get("evaluate", {}).get("metrics") or {}
     if metrics:
-        print(f"  recall@10:           {metrics.get('recall_at_10')}")
+        print(f"  recall@10:           {_num(metrics.get('recall_at_10'), 4)}")
     print(f"  warehouse:           {mask_url(settings.warehouse_url)}")
     print(f"  data:                {run.run_dir.parent.parent}")
     print(f"  data docs:           {validate.get('data_docs')}")
@@ -249,6 +277,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from recs.evaluate import evaluate_sources, format_table
 
     settings = settings_from_args(args)
+    if args.report is not None:
+        if args.report.is_dir():
+            raise ValueError(f"--report {args.report} is a directory, expected a file")
+        if not args.report.parent.is_dir():
+            raise ValueError(
+                f"--report {args.report}: folder {args.report.parent} does not exist"
+            )
     report = evaluate_sources(settings, ds=args.date, report_path=args.report)
     print(format_table(report))
     return 0
@@ -257,9 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = warehouse.get_engine(
-        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
-    )
+    engine = _existing_warehouse(args.warehouse_url)
     try:
         found = warehouse.student_recommendations(engine, args.student_id)
         if found is None:
@@ -288,12 +321,29 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = warehouse.get_engine(
-        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
-    )
+    engine = _existing_warehouse(args.warehouse_url)
     try:
-        for row in warehouse.recent_runs(engine, limit=args.limit):
-            print(json.dumps(row, default=str))
+        rows = warehouse.recent_runs(engine, limit=args.limit)
+        if args.json:
+            for row in rows:
+                print(json.dumps(row, default=str))
+            return 0
+        print(
+            f"{'run_id':<20} {'ds':<10} {'status':<11} {'current':<7} "
+            f"{'students':>8} {'recs':>8} {'quarant.':>8} {'k':>3} "
+            f"{'recall@10':>9}  reason"
+        )
+        for row in rows:
+            print(
+                f"{row['run_id']:<20} {row['ds']:<10} {row['status']:<11} "
+                f"{'yes' if row.get('is_current') else '':<7} "
+                f"{_num(row.get('students')):>8} "
+                f"{_num(row.get('recommendations')):>8} "
+                f"{_num(row.get('quarantined')):>8} "
+                f"{_num(row.get('n_clusters')):>3} "
+                f"{_num(row.get('recall_at_10'), 4):>9}  "
+                f"{(row.get('reason') or '')[:60]}"
+            )
     finally:
         engine.dispose()
     return 0
@@ -302,9 +352,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = warehouse.get_engine(
-        Settings.from_env(warehouse_url=args.warehouse_url).warehouse_url
-    )
+    engine = _existing_warehouse(args.warehouse_url)
     try:
         result = warehouse.rollback(engine)
     finally:
@@ -316,6 +364,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from recs.generate import generate
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, expected a folder")
     summary = generate(
         n_students=args.students,
         n_courses=args.courses,
@@ -324,6 +374,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _existing_warehouse(url: str | None) -> Any:
+    """Engine of a warehouse that has been published to; error if there is none."""
+    import sqlalchemy as sa
+
+    from recs import warehouse
+    from recs.errors import NoPublishedRunError
+
+    url = Settings.from_env(warehouse_url=url).warehouse_url
+    parsed = sa.engine.make_url(url)
+    database = parsed.database or ""
+    on_disk = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if on_disk and not Path(database).exists():
+        raise NoPublishedRunError(
+            f"no warehouse at {mask_url(url)}: nothing was published there "
+            "(give --warehouse or set RECS_WAREHOUSE_URL)"
+        )
+    engine = warehouse.get_engine(url)
+    if not sa.inspect(engine).has_table("recommendation_runs"):
+        engine.dispose()
+        raise NoPublishedRunError(
+            f"{mask_url(url)} holds no recommendation tables: nothing was "
+            "published there"
+        )
+    return engine
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if digits else str(value)
 
 
 COMMANDS = {
@@ -343,11 +425,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (RecsError, ValueError, FileNotFoundError) as err:
-        print(f"recs {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # one clear line for the operator, details on -v
+        print(f"recs {args.command}: error: {_explain(err)}", file=sys.stderr)
         if args.verbose:
             logger.exception("details")
         return 1
+
+
+def _explain(err: Exception) -> str:
+    """The reason of a failure in one line, without a traceback."""
+    if isinstance(err, RecsError | ValueError | OSError):
+        return str(err)
+    original = getattr(err, "orig", None)
+    text = str(original if original is not None else err).strip()
+    first = text.splitlines()[0] if text else ""
+    name = type(original if original is not None else err).__name__
+    return f"{name}: {first} (run with -v for details)"
 
 
 if __name__ == "__main__":

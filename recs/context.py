@@ -29,7 +29,12 @@ class RunContext:
     def __post_init__(self) -> None:
         if not _DATE.match(self.ds):
             raise ValueError(f"run date must look like YYYY-MM-DD, got {self.ds!r}")
-        dt.date.fromisoformat(self.ds)
+        try:
+            dt.date.fromisoformat(self.ds)
+        except ValueError as err:
+            raise ValueError(
+                f"run date {self.ds!r} is not a valid date: {err}"
+            ) from None
 
     @classmethod
     def create(

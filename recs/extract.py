@@ -41,7 +41,7 @@ def source_columns(settings: Settings, kind: str) -> dict[str, str | None]:
     }
 
 
-_OPTIONAL = {"title", "timestamp"}
+_OPTIONAL = {"title"}
 
 
 def read_source(
@@ -301,6 +301,14 @@ def _read_sql(query: str, settings: Settings) -> pa.Table:
 def _select_columns(
     table: pa.Table, mapping: dict[str, str | None], location: str
 ) -> pa.Table:
+    stripped = [name.strip() for name in table.column_names]
+    repeated = sorted({name for name in stripped if stripped.count(name) > 1})
+    if repeated:
+        raise InputFileError(
+            location,
+            f"column(s) {', '.join(map(repr, repeated))} appear twice in the header",
+            column=repeated[0],
+        )
     names = {name.strip(): name for name in table.column_names}
     missing = [
         source

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from recs.context import RunContext
-from recs.errors import QualityGateError, ValidationGateError
 from recs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -137,10 +136,6 @@ def record_failure(
             engine.dispose()
     except Exception:  # the original error matters more than the ledger's
         logger.exception("could not record the failure of run %s", run.run_id)
-    if isinstance(error, (ValidationGateError, QualityGateError)):
-        logger.error(
-            "run %s stopped by a gate before publishing: %s", run.run_id, error
-        )
 
 
 def ledger_summary(run: RunContext) -> dict[str, Any]:

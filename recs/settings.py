@@ -11,6 +11,8 @@ from typing import Any
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 PROGRESS_FORMATS = ("percent", "number")
 ENV_PREFIX = "RECS_"
+_SAMPLE_COURSES = str(SAMPLE_DIR / "courses.csv")
+_SAMPLE_PROGRESS = str(SAMPLE_DIR / "students.csv")
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,8 @@ class Settings:
     """
 
     # Source: files (CSV or Parquet, local path or fsspec URL) or SQL queries.
-    courses: str = str(SAMPLE_DIR / "courses.csv")
-    progress: str = str(SAMPLE_DIR / "students.csv")
+    courses: str = _SAMPLE_COURSES
+    progress: str = _SAMPLE_PROGRESS
     source_url: str | None = None
     courses_query: str | None = None
     progress_query: str | None = None
@@ -94,10 +96,41 @@ class Settings:
             raise ValueError(
                 f"n_clusters must be >= 1 or 'auto', got {self.n_clusters!r}"
             )
+        self._check_sources()
         if self.keep_runs < 2:
             raise ValueError(
                 f"keep_runs must be >= 2 to allow rollback, got {self.keep_runs}"
             )
+
+    def _check_sources(self) -> None:
+        """Refuse half a source: a run on mismatched inputs would look fine."""
+        queries = (self.courses_query, self.progress_query)
+        if self.source_url:
+            if not all(queries):
+                raise ValueError(
+                    "a SQL source (source_url) needs both courses_query and "
+                    "progress_query"
+                )
+            return
+        if any(queries):
+            raise ValueError(
+                "courses_query/progress_query need source_url, the database to "
+                "run them on"
+            )
+        defaults = (self.courses == _SAMPLE_COURSES, self.progress == _SAMPLE_PROGRESS)
+        if defaults[0] != defaults[1]:
+            given, missing = (
+                ("progress", "courses") if defaults[0] else ("courses", "progress")
+            )
+            raise ValueError(
+                f"{given} file given without a {missing} file; give both "
+                "(only with neither does the run use the bundled sample)"
+            )
+
+    @property
+    def uses_sample(self) -> bool:
+        """True when the run reads the bundled sample data."""
+        return not self.source_url and self.courses == _SAMPLE_COURSES
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -144,6 +177,8 @@ class Settings:
             for f in dataclasses.fields(self)
             if f.name != "extra"
         }
+        if self.source_url:
+            out["courses"] = out["progress"] = None
         for key in ("warehouse_url", "source_url"):
             if out[key]:
                 out[key] = mask_url(out[key])

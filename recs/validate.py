@@ -804,7 +804,7 @@ def _report(
 
 
 def _gate(reports: dict[str, _Report], settings: Settings) -> None:
-    """Raise when an input is too bad, or when no usable progress row is left."""
+    """Raise when an input is too bad, or when no usable row of either is left."""
     files = {
         "courses": _source_name(settings.courses_query or settings.courses, settings),
         "progress": _source_name(settings.progress_query or settings.progress,
@@ -813,7 +813,7 @@ def _gate(reports: dict[str, _Report], settings: Settings) -> None:
     messages, failures = [], []
     for source, report in reports.items():
         counts = report.counts
-        empty = source == "progress" and counts["kept"] == 0
+        empty = counts["kept"] == 0
         if counts["bad_share"] <= settings.max_bad_share and not empty:
             continue
         head = (
@@ -822,7 +822,7 @@ def _gate(reports: dict[str, _Report], settings: Settings) -> None:
         )
         if empty:
             head = (
-                f"{files[source]}: no usable progress rows remain "
+                f"{files[source]}: no usable {source} rows remain "
                 f"({counts['bad']} of {counts['rows']} rows bad, "
                 f"{counts['bad_share']:.1%}; limit {settings.max_bad_share:.1%})"
             )
