@@ -1,5 +1,6 @@
 # Environment for a project-local Airflow: sourced by demo.sh and the tests.
 root=${root:-$(pwd)}
+export PATH="$root/.venv/bin:$PATH"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$root/airflow_home}"
 export AIRFLOW__CORE__DAGS_FOLDER="$root/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$root/plugins"
