@@ -105,27 +105,23 @@ def _encode_text(
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     if not all(
-        pa.types.is_string(a.type) and a.null_count == 0
+        (pa.types.is_string(a.type) or pa.types.is_large_string(a.type))
+        and a.null_count == 0
         for a in (student_text, course_text)
     ):
         return None
+    if isinstance(student_text, pa.ChunkedArray):
+        # One dictionary for all rows; unifying per-chunk ones is far slower.
+        student_text = student_text.combine_chunks()
     encoded = pc.dictionary_encode(student_text)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.unify_dictionaries()
-        dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else None
-        indices = np.concatenate(
-            [c.indices.to_numpy() for c in encoded.chunks] or [np.empty(0, np.int32)]
-        )
-    else:
-        dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
-    if dictionary is None:
-        dictionary = pa.array([], pa.string())
+    dictionary, indices = encoded.dictionary, encoded.indices.to_numpy()
     order = pc.array_sort_indices(dictionary).to_numpy()
     rank = np.empty(len(order), np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
     student_ids = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
     course_codes = pc.fill_null(
-        pc.index_in(course_text, value_set=pa.array(course_ids, pa.string())), -1
+        pc.index_in(course_text, value_set=pa.array(course_ids, course_text.type)),
+        -1,
     )
     return rank[indices], student_ids, np.asarray(course_codes, dtype=np.int64)
 
