@@ -477,3 +477,34 @@ def test_evaluate_sources_scores_the_bundled_sample(tmp_path: Path) -> None:
     clusters, popularity = report["clusters"], report["popularity"]
     assert clusters["recall_at_10"] >= 1.2 * popularity["recall_at_10"]
     assert "clusters" in format_table(report)
+
+
+def test_sample_students_keeps_every_row_of_the_chosen_students() -> None:
+    from recs.evaluate import sample_students
+    from recs.features import Encoded
+
+    data = Encoded(
+        students=np.array(["a", "b", "c", "d"]),
+        courses=np.array(["x", "y"]),
+        student=np.array([0, 0, 1, 2, 3, 3], dtype=np.int32),
+        course=np.array([0, 1, 0, 1, 0, 1], dtype=np.int32),
+        progress=np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
+    )
+    times = np.arange(6, dtype=float)
+    sampled, sampled_times = sample_students(data, times, random_state=0, limit=2)
+    assert sampled.n_students == 2
+    original = {
+        (data.students[s], data.courses[c], p)
+        for s, c, p in zip(data.student, data.course, data.progress, strict=True)
+    }
+    kept = {
+        (sampled.students[s], sampled.courses[c], p)
+        for s, c, p in zip(
+            sampled.student, sampled.course, sampled.progress, strict=True
+        )
+    }
+    chosen = set(sampled.students)
+    assert kept == {row for row in original if row[0] in chosen}
+    assert len(sampled_times) == len(sampled.student)
+    same, _ = sample_students(data, None, random_state=0, limit=4)
+    assert same is data
