@@ -26,8 +26,9 @@ class Settings:
     """
 
     # Source: files (CSV or Parquet, local path or fsspec URL) or SQL queries.
-    courses: str = _SAMPLE_COURSES
-    progress: str = _SAMPLE_PROGRESS
+    # Neither given: the bundled sample.
+    courses: str | None = None
+    progress: str | None = None
     source_url: str | None = None
     courses_query: str | None = None
     progress_query: str | None = None
@@ -117,20 +118,26 @@ class Settings:
                 "courses_query/progress_query need source_url, the database to "
                 "run them on"
             )
-        defaults = (self.courses == _SAMPLE_COURSES, self.progress == _SAMPLE_PROGRESS)
-        if defaults[0] != defaults[1]:
-            given, missing = (
-                ("progress", "courses") if defaults[0] else ("courses", "progress")
+        given = (self.courses is not None, self.progress is not None)
+        if given == (False, False):
+            object.__setattr__(self, "courses", _SAMPLE_COURSES)
+            object.__setattr__(self, "progress", _SAMPLE_PROGRESS)
+        elif given != (True, True):
+            named, missing = (
+                ("courses", "progress") if given[0] else ("progress", "courses")
             )
             raise ValueError(
-                f"{given} file given without a {missing} file; give both "
+                f"{named} file given without a {missing} file; give both "
                 "(only with neither does the run use the bundled sample)"
             )
 
     @property
     def uses_sample(self) -> bool:
         """True when the run reads the bundled sample data."""
-        return not self.source_url and self.courses == _SAMPLE_COURSES
+        return not self.source_url and (self.courses, self.progress) == (
+            _SAMPLE_COURSES,
+            _SAMPLE_PROGRESS,
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -243,6 +250,13 @@ def _parse(name: str, raw: str, _type: Any) -> Any:
             return raw.strip().lower() in {"1", "true", "yes", "on"}
     except ValueError as err:
         raise ValueError(f"setting {name}: cannot read {raw!r}: {err}") from None
-    if name in {"source_url", "courses_query", "progress_query", "timestamp_column"}:
+    if name in {
+        "source_url",
+        "courses_query",
+        "progress_query",
+        "timestamp_column",
+        "courses",
+        "progress",
+    }:
         return raw or None
     return raw
