@@ -8,6 +8,7 @@ validation gate stops.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,32 +42,24 @@ LEDGER_COUNTS = {
 }
 
 
+# Where each step lives; imported only when it runs, so that the DAG's
+# tasks load just what their step needs.
+STEP_FUNCTIONS = {
+    "extract": ("recs.extract", "extract"),
+    "validate": ("recs.pipeline", "_validate"),
+    "features": ("recs.features", "build_features"),
+    "cluster": ("recs.cluster", "fit_clusters"),
+    "recommend": ("recs.recommend", "recommend"),
+    "evaluate": ("recs.evaluate", "evaluate_run"),
+    "publish": ("recs.pipeline", "_publish"),
+}
+
+
 def _step_function(name: str) -> Callable[[RunContext, Settings], dict[str, Any]]:
-    if name == "extract":
-        from recs.extract import extract
-
-        return extract
-    if name == "validate":
-        return _validate
-    if name == "features":
-        from recs.features import build_features
-
-        return build_features
-    if name == "cluster":
-        from recs.cluster import fit_clusters
-
-        return fit_clusters
-    if name == "recommend":
-        from recs.recommend import recommend
-
-        return recommend
-    if name == "evaluate":
-        from recs.evaluate import evaluate_run
-
-        return evaluate_run
-    if name == "publish":
-        return _publish
-    raise ValueError(f"unknown step {name!r}; expected one of {STEPS}")
+    if name not in STEP_FUNCTIONS:
+        raise ValueError(f"unknown step {name!r}; expected one of {STEPS}")
+    module, attribute = STEP_FUNCTIONS[name]
+    return getattr(importlib.import_module(module), attribute)
 
 
 def warehouse_engine(settings: Settings) -> Any:
