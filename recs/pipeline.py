@@ -144,6 +144,10 @@ def ledger_summary(run: RunContext) -> dict[str, Any]:
     summary["quarantined"] = summary.get("courses_quarantined", 0) + summary.get(
         "progress_quarantined", 0
     )
+    if "progress_in" in summary:
+        summary["rows_in"] = summary.get("courses_in", 0) + summary["progress_in"]
+    if "recommendations" in summary:
+        summary["rows_out"] = summary["recommendations"]
     summary["timings"] = {
         step: data["seconds"] for step, data in steps.items() if "seconds" in data
     }

@@ -70,3 +70,13 @@ def test_three_percent_bad_publishes_and_twenty_percent_changes_nothing(
     logged = _read(many_bad, "SELECT run_id FROM quarantine")
     assert logged.run_id.nunique() == 2
     assert (logged.run_id != run.run_id).sum() == round(19951 * 0.20)
+
+
+def test_ledger_records_rows_in_and_out(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, SAMPLE_DIR / "students.csv")
+    run, _ = run_pipeline(settings, ds="2026-12-03")
+    ledger = _read(settings, "SELECT * FROM recommendation_runs")
+    row = ledger.iloc[0]
+    assert row.status == "published"
+    assert (row.rows_in, row.rows_out) == (100 + 19951, 10000)
+    assert row.students == 1000 and row.quarantined == 0
