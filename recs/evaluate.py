@@ -539,21 +539,11 @@ def apply_gate(
 
 def last_published_recall(settings: Settings) -> float | None:
     """recall@10 of the run currently published in the warehouse, if any."""
-    try:
-        from recs import warehouse
-        from recs.pipeline import warehouse_engine
+    from recs import warehouse
+    from recs.pipeline import warehouse_engine
 
-        fetch = warehouse.last_published_metrics
-    except (ImportError, AttributeError) as err:
-        logger.warning(
-            "cannot read the last published run (%s); the drop check is skipped", err
-        )
-        return None
-    engine = warehouse_engine(settings)
-    try:
-        previous = fetch(engine)
-    finally:
-        engine.dispose()
+    with warehouse_engine(settings) as engine:
+        previous = warehouse.last_published_metrics(engine)
     if not previous:
         return None
     value = (previous.get("metrics") or {}).get(

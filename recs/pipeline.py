@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from recs.context import RunContext
@@ -62,21 +63,24 @@ def _step_function(name: str) -> Callable[[RunContext, Settings], dict[str, Any]
     return getattr(importlib.import_module(module), attribute)
 
 
-def warehouse_engine(settings: Settings) -> Any:
-    """Engine of the run's warehouse, with its schema up to date."""
+@contextmanager
+def warehouse_engine(settings: Settings) -> Iterator[Any]:
+    """Engine of the run's warehouse, schema up to date, disposed on exit."""
     from recs import warehouse
 
     engine = warehouse.get_engine(settings.warehouse_url)
-    warehouse.ensure_schema(engine)
-    return engine
+    try:
+        warehouse.ensure_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def start_run(run: RunContext, settings: Settings) -> None:
     """Record the run in the ledger as running."""
     from recs import warehouse
 
-    engine = warehouse_engine(settings)
-    try:
+    with warehouse_engine(settings) as engine:
         warehouse.record_run(
             engine,
             run.run_id,
@@ -84,8 +88,6 @@ def start_run(run: RunContext, settings: Settings) -> None:
             "running",
             summary={"settings": settings.public_dict()},
         )
-    finally:
-        engine.dispose()
 
 
 def run_step(name: str, run: RunContext, settings: Settings) -> dict[str, Any]:
@@ -115,8 +117,7 @@ def record_failure(
 
     reason = f"{step}: {error}"
     try:
-        engine = warehouse_engine(settings)
-        try:
+        with warehouse_engine(settings) as engine:
             warehouse.record_run(
                 engine,
                 run.run_id,
@@ -125,8 +126,6 @@ def record_failure(
                 reason=reason,
                 summary=ledger_summary(run),
             )
-        finally:
-            engine.dispose()
     except Exception:  # the original error matters more than the ledger's
         logger.exception("could not record the failure of run %s", run.run_id)
 
@@ -174,11 +173,8 @@ def _validate(run: RunContext, settings: Settings) -> dict[str, Any]:
     finally:
         quarantine = run.run_dir / "quarantine.parquet"
         if quarantine.exists():
-            engine = warehouse_engine(settings)
-            try:
+            with warehouse_engine(settings) as engine:
                 warehouse.write_quarantine(engine, run.run_id, quarantine)
-            finally:
-                engine.dispose()
 
 
 def _publish(run: RunContext, settings: Settings) -> dict[str, Any]:
@@ -187,8 +183,7 @@ def _publish(run: RunContext, settings: Settings) -> dict[str, Any]:
 
     out_dir = run.partition("recommendations")
     tables = {name: out_dir / f"{name}.parquet" for name in OUTPUT_TABLES}
-    engine = warehouse_engine(settings)
-    try:
+    with warehouse_engine(settings) as engine:
         result = warehouse.publish_run(
             engine,
             run.run_id,
@@ -197,8 +192,6 @@ def _publish(run: RunContext, settings: Settings) -> dict[str, Any]:
             ledger_summary(run),
             keep_runs=settings.keep_runs,
         )
-    finally:
-        engine.dispose()
     run.write_summary("publish", result)
     return result
 
