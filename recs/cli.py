@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -292,8 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = _existing_warehouse(args.warehouse_url)
-    try:
+    with _existing_warehouse(args.warehouse_url) as engine:
         found = warehouse.student_recommendations(engine, args.student_id)
         if found is None:
             print(
@@ -313,16 +314,13 @@ def cmd_show(args: argparse.Namespace) -> int:
                 f"  {row['rank']:>3}  {row['course_id']:<12} {row['score']:.3f}  "
                 f"{row['strategy']:<8}  {row['reason']}"
             )
-    finally:
-        engine.dispose()
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = _existing_warehouse(args.warehouse_url)
-    try:
+    with _existing_warehouse(args.warehouse_url) as engine:
         rows = warehouse.recent_runs(engine, limit=args.limit)
         if args.json:
             for row in rows:
@@ -344,19 +342,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 f"{_num(row.get('recall_at_10'), 4):>9}  "
                 f"{(row.get('reason') or '')[:60]}"
             )
-    finally:
-        engine.dispose()
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from recs import warehouse
 
-    engine = _existing_warehouse(args.warehouse_url)
-    try:
+    with _existing_warehouse(args.warehouse_url) as engine:
         result = warehouse.rollback(engine)
-    finally:
-        engine.dispose()
     print(f"rolled back: current run is now {result.get('run_id')}")
     return 0
 
@@ -376,7 +369,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_warehouse(url: str | None) -> Any:
+@contextmanager
+def _existing_warehouse(url: str | None) -> Iterator[Any]:
     """Engine of a warehouse that has been published to; error if there is none."""
     import sqlalchemy as sa
 
@@ -393,13 +387,15 @@ def _existing_warehouse(url: str | None) -> Any:
             "(give --warehouse or set RECS_WAREHOUSE_URL)"
         )
     engine = warehouse.get_engine(url)
-    if not sa.inspect(engine).has_table("recommendation_runs"):
+    try:
+        if not sa.inspect(engine).has_table("recommendation_runs"):
+            raise NoPublishedRunError(
+                f"{mask_url(url)} holds no recommendation tables: nothing was "
+                "published there"
+            )
+        yield engine
+    finally:
         engine.dispose()
-        raise NoPublishedRunError(
-            f"{mask_url(url)} holds no recommendation tables: nothing was "
-            "published there"
-        )
-    return engine
 
 
 def _num(value: Any, digits: int = 0) -> str:

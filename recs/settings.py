@@ -195,10 +195,11 @@ class Settings:
 def mask_url(url: str) -> str:
     """Hide the password of a database URL (for logs and summaries)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL; nothing to hide
+    except ArgumentError:  # not a database URL; nothing to hide
         return url
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
@@ -114,22 +113,12 @@ def body_text(driver: WebDriver) -> str:
 
 def published(stack: AirflowStack) -> tuple[str, list[str]]:
     """The warehouse's current run id and STUDENT's recommended courses."""
-    engine = sa.create_engine(stack.warehouse_url)
-    try:
-        with engine.connect() as conn:
-            run_id = conn.execute(sa.text(
-                "SELECT run_id FROM recommendation_runs WHERE is_current"
-            )).scalar_one()
-            courses = conn.execute(
-                sa.text(
-                    "SELECT course_id FROM student_recommendations "
-                    "WHERE student_id = :student ORDER BY rank"
-                ),
-                {"student": STUDENT},
-            ).scalars().all()
-    finally:
-        engine.dispose()
-    return run_id, list(courses)
+    rows = stack.warehouse_rows(
+        "SELECT course_id FROM student_recommendations "
+        "WHERE student_id = :student ORDER BY rank",
+        student=STUDENT,
+    )
+    return stack.current_run_id(), [row["course_id"] for row in rows]
 
 
 def test_browser_operator_flow(

@@ -283,6 +283,26 @@ class AirflowStack:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{output[-4000:]}")
         return output
 
+    def warehouse_rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """Rows of a query on the stack's warehouse, as dicts."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.warehouse_url)
+        try:
+            with engine.connect() as conn:
+                result = conn.execute(sa.text(sql), params).mappings()
+                return [dict(row) for row in result]
+        finally:
+            engine.dispose()
+
+    def current_run_id(self) -> str:
+        """Run id of the run the warehouse currently publishes."""
+        rows = self.warehouse_rows(
+            "SELECT run_id FROM recommendation_runs WHERE is_current"
+        )
+        assert len(rows) == 1, rows
+        return rows[0]["run_id"]
+
     def token(self, user: str = ADMIN) -> str:
         """A JWT from the auth manager's token endpoint, as the UI gets one."""
         response = httpx.post(

@@ -139,14 +139,7 @@ def test_page_shows_the_run_to_signed_in_users(
 def test_data_docs_are_served_for_the_run(
     stack: AirflowStack, finished_run: dict[str, str]
 ) -> None:
-    engine = sa.create_engine(stack.warehouse_url)
-    try:
-        with engine.connect() as conn:
-            run_id = conn.execute(sa.text(
-                "SELECT run_id FROM recommendation_runs WHERE is_current"
-            )).scalar_one()
-    finally:
-        engine.dispose()
+    run_id = stack.current_run_id()
     headers = {"Authorization": f"Bearer {stack.token()}"}
     docs = httpx.get(
         f"{stack.url}/recs/runs/{run_id}/docs/index.html", headers=headers, timeout=20
