@@ -218,8 +218,9 @@ def _work_baseline_features(spec: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from baseline import baseline_features, exact_categories, substring_categories
 
+    from recs.clean import read_encoded
     from recs.context import RunContext
-    from recs.features import category_means, course_categories, encode, read_clean
+    from recs.features import category_means, course_categories, progress_matrix
 
     courses, progress = _read_inputs_pandas(spec)
     started = time.perf_counter()
@@ -227,18 +228,18 @@ def _work_baseline_features(spec: dict[str, Any]) -> dict[str, Any]:
     baseline_seconds = time.perf_counter() - started
     del progress
 
-    # Both sides start from frames in memory: the notebook's from the source
-    # CSVs, ours from the validated Parquet, so neither pays for reading.
+    # Both sides start from data in memory: the notebook's frames from the
+    # source CSVs, our codes from the validated Parquet; neither pays for
+    # reading.
     run = RunContext.from_dict(spec["run"])
-    clean_courses, clean_progress = read_clean(run)
+    clean_courses, data = read_encoded(run)
     started = time.perf_counter()
-    data = encode(clean_courses, clean_progress)
     pair_course, pair_category, labels = course_categories(
         clean_courses, data.courses, spec["separator"]
     )
-    category_means(data, pair_course, pair_category, len(labels))
+    category_means(progress_matrix(data), pair_course, pair_category, len(labels))
     core_seconds = time.perf_counter() - started
-    del clean_progress, data
+    del data
 
     ours = pq.read_table(spec["features_path"]).to_pandas().set_index("student_id")
     names = list(base.columns)

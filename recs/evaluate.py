@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from recs.clean import Encoded, clean_paths, read_encoded
 from recs.context import RunContext
 from recs.errors import QualityGateError
-from recs.features import Encoded, clean_paths, encode, read_clean
 from recs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -299,18 +299,18 @@ def recommend_cf(
     A course's score is the reconstructed progress (about ``CF_COMPONENTS``
     factors); the student's mastered courses are left out.
     """
-    from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
 
-    from recs.features import GRAM_MAX_COURSES, top_right_singular_vectors
+    from recs.features import (
+        GRAM_MAX_COURSES,
+        progress_matrix,
+        top_right_singular_vectors,
+    )
 
     n_components = min(CF_COMPONENTS, train.n_courses - 1, train.n_students - 1)
     if n_components < 1:
         return recommend_popular(train, students, settings)
-    matrix = sparse.csr_matrix(
-        (train.progress, (train.student, train.course)),
-        shape=(train.n_students, train.n_courses),
-    )
+    matrix = progress_matrix(train)
     if train.n_courses <= GRAM_MAX_COURSES:
         # Exact components in one pass; only the evaluated rows are projected.
         components = top_right_singular_vectors(matrix, n_components)
@@ -398,7 +398,7 @@ def sample_students(
 
 def evaluate_data(
     courses: pd.DataFrame,
-    progress: pd.DataFrame,
+    data: Encoded,
     settings: Settings,
     timestamps: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -406,8 +406,11 @@ def evaluate_data(
 
     Parameters
     ----------
-    courses, progress : pandas.DataFrame
-        Validated inputs, as :func:`recs.features.read_clean` returns them.
+    courses : pandas.DataFrame
+        The validated catalogue.
+    data : Encoded
+        The validated progress rows, as :func:`recs.clean.read_encoded`
+        returns them.
     settings : Settings
         The product's configuration; the ``clusters`` method uses it as is.
     timestamps : numpy.ndarray, optional
@@ -421,7 +424,6 @@ def evaluate_data(
         ``students_evaluated``), ``students_evaluated`` and ``details``.
     """
     started = time.perf_counter()
-    data = encode(courses, progress)
     n_students = data.n_students
     data, timestamps = sample_students(data, timestamps, settings.random_state)
     train, truth = holdout_split(data, settings, timestamps)
@@ -566,9 +568,9 @@ def evaluate_run(run: RunContext, settings: Settings) -> dict[str, Any]:
         The gate failed; the summary with the figures is written first.
     """
     started = time.perf_counter()
-    courses, progress = read_clean(run)
+    courses, data = read_encoded(run)
     timestamps = read_timestamps(run)
-    report = evaluate_data(courses, progress, settings, timestamps)
+    report = evaluate_data(courses, data, settings, timestamps)
     report_path = run.partition("evaluation") / "report.json"
     report_path.write_text(json.dumps(report, indent=2))
     logger.info("wrote the evaluation report to %s", report_path)
@@ -597,7 +599,7 @@ def evaluate_run(run: RunContext, settings: Settings) -> dict[str, Any]:
 
 def read_timestamps(run: RunContext) -> np.ndarray | None:
     """Last activity of each clean progress row as a number, if the run has it."""
-    _, progress_path = clean_paths(run)
+    progress_path = clean_paths(run).progress
     if "timestamp" not in pq.read_schema(progress_path).names:
         return None
     values = pq.read_table(progress_path, columns=["timestamp"]).column(0).to_pandas()
@@ -648,8 +650,8 @@ def evaluate_sources(
     run = RunContext.create(settings.data_root, ds)
     extract(run, settings)
     validate(run, settings)
-    courses, progress = read_clean(run)
-    report = evaluate_data(courses, progress, settings, read_timestamps(run))
+    courses, data = read_encoded(run)
+    report = evaluate_data(courses, data, settings, read_timestamps(run))
     if report_path is not None:
         Path(report_path).write_text(json.dumps(report, indent=2))
         logger.info("wrote the evaluation report to %s", report_path)

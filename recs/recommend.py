@@ -12,8 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recs.clean import Encoded, read_encoded
 from recs.context import RunContext
-from recs.features import Encoded, course_categories, encode, read_clean
+from recs.features import course_categories
 from recs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -276,8 +277,7 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
     Parquet files, shaped like the warehouse tables of the same names.
     """
     started = time.perf_counter()
-    courses, progress = read_clean(run)
-    data = encode(courses, progress)
+    courses, data = read_encoded(run)
     labels = read_labels(run, data.students)
     ranked = rank_for_clusters(data, labels, settings.mastery_threshold, settings.top_n)
     sizes = np.bincount(labels)

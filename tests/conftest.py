@@ -49,13 +49,23 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def write_clean(run: RunContext, courses: pd.DataFrame, progress: pd.DataFrame) -> None:
-    """Write already-validated inputs where the model steps read them."""
-    from recs.features import clean_paths
+    """Write already-validated inputs (text ids) where the model steps read them."""
+    import pyarrow as pa
 
-    courses_path, progress_path = clean_paths(run)
+    from recs import clean
+
+    data = clean.encode(courses, progress)
     courses = courses.assign(row_number=range(1, len(courses) + 1))
-    progress = progress.assign(row_number=range(1, len(progress) + 1))
     if "title" not in courses:
         courses = courses.assign(title=None)
-    courses.to_parquet(courses_path, index=False)
-    progress.to_parquet(progress_path, index=False)
+    columns = {"student": data.student, "course": data.course,
+               "progress": data.progress}
+    if "timestamp" in progress:
+        columns["timestamp"] = pa.array(progress["timestamp"])
+    columns["row_number"] = pa.array(range(1, len(progress) + 1), pa.int64())
+    clean.write_clean(
+        run,
+        pa.Table.from_pandas(courses, preserve_index=False),
+        pa.array(data.students, pa.string()),
+        pa.table(columns),
+    )

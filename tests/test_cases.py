@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from recs.clean import read_progress_frame
 from recs.context import RunContext
 from recs.pipeline import run_pipeline
 from recs.settings import Settings
@@ -70,8 +70,8 @@ def test_case_outcome(case: Path, tmp_path: Path) -> None:
     run, settings, expected = _run_case(case, tmp_path)
     assert expected["exit"] == "success"
 
-    kept = pq.read_table(run.partition("clean", "progress") / "progress.parquet")
-    assert kept.num_rows == expected["kept_progress_rows"]
+    kept = read_progress_frame(run)
+    assert len(kept) == expected["kept_progress_rows"]
 
     quarantine = pd.read_parquet(run.run_dir / "quarantine.parquet")
     bad = quarantine[~quarantine.reason.str.contains("duplicate")]
@@ -111,7 +111,7 @@ def test_case_outcome(case: Path, tmp_path: Path) -> None:
     assert sorted(map(list, pairs.itertuples(index=False))) == sorted(
         expected["cluster_pairs"]
     )
-    _assert_contract(published, kept.to_pandas(), settings)
+    _assert_contract(published, kept, settings)
     for student in expected.get("absent_students", []):
         assert student not in set(published.student_id)
         assert student not in features.index

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from recs import evaluate
+from recs.clean import Encoded, encode
 from recs.context import RunContext
 from recs.errors import QualityGateError
 from recs.evaluate import (
@@ -37,8 +36,8 @@ from recs.evaluate import (
     relevant_counts,
     score_lists,
 )
-from recs.features import Encoded, clean_paths, encode
 from recs.settings import Settings
+from tests.conftest import write_clean
 
 PAD = -1
 
@@ -243,7 +242,7 @@ def test_methods_never_recommend_a_training_mastered_course() -> None:
 
 def test_evaluate_data_clusters_beat_popularity_on_grouped_interests() -> None:
     courses, progress = _synthetic()
-    report = evaluate_data(courses, progress, Settings(n_clusters=3))
+    report = evaluate_data(courses, encode(courses, progress), Settings(n_clusters=3))
     assert report["students_evaluated"] == 240
     for method in evaluate.METHODS:
         assert report[method]["students_evaluated"] == 240
@@ -305,21 +304,17 @@ def test_apply_gate_overridden_when_turned_off() -> None:
 
 def _clean_run(tmp_path: Path, timestamps: list[Any] | None = None) -> RunContext:
     run = RunContext.create(tmp_path, "2026-12-03", key="test")
-    courses_path, progress_path = clean_paths(run)
-    pq.write_table(
-        pa.table(
-            {"course_id": ["a", "b"], "title": ["A", "B"], "categories": ["X", "Y"]}
-        ),
-        courses_path,
+    courses = pd.DataFrame(
+        {"course_id": ["a", "b"], "title": ["A", "B"], "categories": ["X", "Y"]}
     )
-    progress = {
+    progress = pd.DataFrame({
         "student_id": ["1", "2"],
         "course_id": ["a", "b"],
         "progress": [1.0, 0.5],
-    }
+    })
     if timestamps is not None:
         progress["timestamp"] = timestamps
-    pq.write_table(pa.table(progress), progress_path)
+    write_clean(run, courses, progress)
     return run
 
 
@@ -473,7 +468,6 @@ def test_evaluate_sources_scores_the_bundled_sample(tmp_path: Path) -> None:
 
 def test_sample_students_keeps_every_row_of_the_chosen_students() -> None:
     from recs.evaluate import sample_students
-    from recs.features import Encoded
 
     data = Encoded(
         students=np.array(["a", "b", "c", "d"]),

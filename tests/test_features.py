@@ -7,8 +7,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recs.clean import encode
 from recs.context import RunContext
-from recs.features import build_features, category_means, course_categories, encode
+from recs.features import (
+    build_features,
+    category_means,
+    course_categories,
+    progress_matrix,
+)
 from recs.settings import Settings
 from tests.conftest import write_clean
 
@@ -23,7 +29,9 @@ COURSES = pd.DataFrame(
 def _means(courses: pd.DataFrame, progress: pd.DataFrame) -> pd.DataFrame:
     data = encode(courses, progress)
     pairs_course, pairs_category, labels = course_categories(courses, data.courses)
-    means = category_means(data, pairs_course, pairs_category, len(labels))
+    means = category_means(
+        progress_matrix(data), pairs_course, pairs_category, len(labels)
+    )
     return pd.DataFrame(means, index=data.students, columns=labels)
 
 

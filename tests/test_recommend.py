@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recs.features import encode
+from recs.clean import encode
 from recs.recommend import cluster_categories, popular_list, rank_for_clusters
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recs.clean import read_progress_frame
 from recs.context import RunContext
 from recs.errors import ValidationGateError
 from recs.extract import extract
@@ -170,7 +171,7 @@ def test_load_suite_has_the_required_expectations() -> None:
     assert ("expect_column_values_to_match_regex", "progress") in kinds
     assert ("expect_column_values_to_not_be_null", "progress") in kinds
     assert ("expect_column_values_to_be_in_set", "course_id") in kinds
-    assert ("expect_compound_columns_to_be_unique", None) in kinds
+    assert ("expect_column_values_to_be_unique", "student_course") in kinds
     course_kinds = {e["type"] for e in load_suite("courses")["expectations"]}
     assert "expect_column_values_to_be_unique" in course_kinds
 
@@ -204,7 +205,7 @@ def test_validate_shared_case(case: Path, tmp_path: Path) -> None:
     )
     summary = validate(run, settings)
 
-    progress = pq.read_table(summary["clean_progress_path"]).to_pandas()
+    progress = read_progress_frame(run)
     courses = pq.read_table(summary["clean_courses_path"]).to_pandas()
     quarantine = _quarantine(run)
     assert len(progress) == expected["kept_progress_rows"]
@@ -252,8 +253,8 @@ def _check_features(
 def test_validate_keeps_parsed_values_and_ids_as_text(tmp_path: Path) -> None:
     case = CASES / "09-leading-zero-ids"
     run, settings = _run_files(tmp_path, case / "courses.csv", case / "students.csv")
-    summary = validate(run, settings)
-    progress = pq.read_table(summary["clean_progress_path"]).to_pandas()
+    validate(run, settings)
+    progress = read_progress_frame(run)
     assert list(progress.student_id) == ["00042", "00042", "042", "42", "00042"]
     assert list(progress.course_id) == ["007", "7", "07", "0100", "0100"]
     assert list(progress.progress) == [0.95, 0.1, 0.93, 0.97, 0.5]
@@ -336,7 +337,7 @@ def test_validate_duplicates_do_not_count_as_bad(tmp_path: Path) -> None:
     )
     run, settings = _run_files(tmp_path, _courses_csv(tmp_path / "c.csv"), progress)
     summary = validate(run, settings)
-    kept = pq.read_table(summary["clean_progress_path"]).to_pandas()
+    kept = read_progress_frame(run)
     assert list(kept.row_number) == [2]
     assert summary["progress"]["duplicates"] == 2
     assert summary["progress"]["bad_share"] == 0.0

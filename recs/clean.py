@@ -1,0 +1,159 @@
+"""The validated inputs, stored once as integer codes for every model step.
+
+The validate step writes three tables per run date:
+
+``clean/courses/ds=<date>/courses.parquet``
+    The kept catalogue in file order: ``course_id``, ``title``,
+    ``categories`` (normalised labels joined by the separator) and
+    ``row_number``.
+``clean/students/ds=<date>/students.parquet``
+    ``student_id``: every student with a kept progress row, sorted; a
+    student's code is its position.
+``clean/progress/ds=<date>/progress.parquet``
+    One kept row per (student, course): ``student`` and ``course`` (int32
+    codes; a course code is the position of its id among the kept course
+    ids, sorted), ``progress`` (fraction 0-1), ``timestamp`` when the source
+    declares one, and the source ``row_number``.
+
+Text ids are stored once and each progress row carries two small integers,
+so the features, recommend and evaluate steps read twenty million rows in
+well under a second instead of hashing the ids again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recs.context import RunContext
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Progress rows as integer codes, the shared input of every model step.
+
+    Attributes
+    ----------
+    students, courses : numpy.ndarray of str
+        Sorted distinct ids; a code is a position in these arrays.
+    student, course : numpy.ndarray of int32
+        Codes of each progress row.
+    progress : numpy.ndarray of float64
+        Progress of each row as a fraction 0-1.
+    """
+
+    students: np.ndarray
+    courses: np.ndarray
+    student: np.ndarray
+    course: np.ndarray
+    progress: np.ndarray
+
+    @property
+    def n_students(self) -> int:
+        return len(self.students)
+
+    @property
+    def n_courses(self) -> int:
+        return len(self.courses)
+
+
+class CleanPaths(NamedTuple):
+    """Where a run's validated tables live."""
+
+    courses: Path
+    students: Path
+    progress: Path
+
+
+def clean_paths(run: RunContext) -> CleanPaths:
+    """Paths of a run's validated courses, students and progress."""
+    return CleanPaths(
+        run.partition("clean", "courses") / "courses.parquet",
+        run.partition("clean", "students") / "students.parquet",
+        run.partition("clean", "progress") / "progress.parquet",
+    )
+
+
+def sorted_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Distinct non-null ids in byte order, the order codes number them in."""
+    distinct = pc.unique(ids).drop_null()
+    return distinct.take(pc.array_sort_indices(distinct))
+
+
+def write_clean(
+    run: RunContext, courses: pa.Table, students: pa.Array, progress: pa.Table
+) -> CleanPaths:
+    """Write the validated tables (see the module docstring for their shapes)."""
+    paths = clean_paths(run)
+    pq.write_table(courses, paths.courses)
+    pq.write_table(pa.table({"student_id": students}), paths.students)
+    pq.write_table(progress, paths.progress)
+    return paths
+
+
+def read_courses(run: RunContext) -> pd.DataFrame:
+    """A run's validated catalogue: course_id, title and categories."""
+    return pq.read_table(
+        clean_paths(run).courses, columns=["course_id", "title", "categories"]
+    ).to_pandas()
+
+
+def read_encoded(run: RunContext) -> tuple[pd.DataFrame, Encoded]:
+    """A run's validated catalogue and its progress rows as codes."""
+    paths = clean_paths(run)
+    courses = read_courses(run)
+    students = pq.read_table(paths.students).column("student_id")
+    progress = pq.read_table(paths.progress, columns=["student", "course", "progress"])
+    course_ids = sorted_ids(pa.array(courses["course_id"], pa.string()))
+    return courses, Encoded(
+        students=students.to_numpy().astype(str),
+        courses=course_ids.to_numpy(zero_copy_only=False).astype(str),
+        student=progress.column("student").to_numpy(),
+        course=progress.column("course").to_numpy(),
+        progress=progress.column("progress").to_numpy(),
+    )
+
+
+def read_progress_frame(run: RunContext) -> pd.DataFrame:
+    """A run's validated progress with its ids as text, for people and tests."""
+    paths = clean_paths(run)
+    courses = read_courses(run)
+    students = pq.read_table(paths.students).column("student_id").combine_chunks()
+    progress = pq.read_table(paths.progress)
+    course_ids = sorted_ids(pa.array(courses["course_id"], pa.string()))
+    columns = {
+        "student_id": students.take(progress.column("student")),
+        "course_id": course_ids.take(progress.column("course")),
+    }
+    for name in progress.column_names:
+        if name not in ("student", "course"):
+            columns[name] = progress.column(name)
+    return pa.table(columns).to_pandas()
+
+
+def encode(courses: pd.DataFrame, progress: pd.DataFrame) -> Encoded:
+    """Encode frames of validated courses and progress (text ids) as codes.
+
+    The pipeline reads codes that validate wrote (:func:`read_encoded`);
+    this is for frames built in memory, e.g. by tests or benchmarks.
+    """
+    course_ids = np.sort(courses["course_id"].to_numpy(dtype=object)).astype(str)
+    student_codes, student_ids = pd.factorize(progress["student_id"], sort=True)
+    course_codes = pd.Index(course_ids).get_indexer(progress["course_id"])
+    if (course_codes < 0).any():
+        unknown = progress["course_id"][course_codes < 0].iloc[0]
+        raise ValueError(f"progress refers to course {unknown!r} missing from courses")
+    return Encoded(
+        students=np.asarray(student_ids, dtype=str),
+        courses=course_ids,
+        student=student_codes.astype(np.int32),
+        course=course_codes.astype(np.int32),
+        progress=progress["progress"].to_numpy(dtype=np.float64),
+    )
