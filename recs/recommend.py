@@ -242,7 +242,7 @@ def read_labels(run: RunContext, students: np.ndarray) -> np.ndarray:
 
 
 def _reasons(ranked: Ranked, labels: np.ndarray, sizes: np.ndarray) -> pa.Array:
-    """Short texts saying why each course is recommended (built per distinct case)."""
+    """Why each course is recommended, dictionary-encoded (one text per case)."""
     cluster = labels[ranked.student].astype(np.int64)
     peers = ranked.peers.astype(np.int64)
     fallback = (~ranked.from_cluster).astype(np.int64)
@@ -266,7 +266,7 @@ def _reasons(ranked: Ranked, labels: np.ndarray, sizes: np.ndarray) -> pa.Array:
     ]
     return pa.DictionaryArray.from_arrays(
         pa.array(inverse.ravel().astype(np.int32)), pa.array(texts, pa.string())
-    ).dictionary_decode()
+    )
 
 
 def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
@@ -283,15 +283,21 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
     sizes = np.bincount(labels)
     out_dir = run.partition("recommendations")
     student_ids = pa.array(data.students, pa.string())
+    # Columns with few distinct values stay dictionary-encoded: no text is
+    # copied per row, and Parquet stores them as the dictionaries they are.
     recommendations = pa.table(
         {
             "student_id": student_ids.take(ranked.student),
             "rank": pa.array(ranked.rank.astype(np.int32)),
-            "course_id": pa.array(data.courses, pa.string()).take(ranked.course),
+            "course_id": pa.DictionaryArray.from_arrays(
+                pa.array(ranked.course.astype(np.int32)),
+                pa.array(data.courses, pa.string()),
+            ),
             "score": pa.array(ranked.score),
             "cluster_id": pa.array(labels[ranked.student]),
-            "strategy": pa.array([STRATEGY_FALLBACK, STRATEGY_CLUSTER]).take(
-                ranked.from_cluster.astype(np.int8)
+            "strategy": pa.DictionaryArray.from_arrays(
+                pa.array(ranked.from_cluster.astype(np.int8)),
+                pa.array([STRATEGY_FALLBACK, STRATEGY_CLUSTER]),
             ),
             "reason": _reasons(ranked, labels, sizes),
         }
@@ -334,7 +340,12 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
         "cluster_rows": n_cluster_rows,
         "fallback_rows": len(ranked.student) - n_cluster_rows,
         "students_on_fallback_only": int(
-            data.n_students - len(np.unique(ranked.student[ranked.from_cluster]))
+            np.count_nonzero(
+                np.bincount(
+                    ranked.student[ranked.from_cluster], minlength=data.n_students
+                )
+                == 0
+            )
         ),
         "paths": {name: str(path) for name, path in paths.items()},
         "seconds": round(time.perf_counter() - started, 3),
