@@ -65,12 +65,12 @@ def progress_matrix(data: Encoded) -> Any:
     """
     from scipy import sparse
 
-    student, course, progress = data.student, data.course, data.progress
-    if len(student) > 1 and (np.diff(student) < 0).any():
-        order = np.argsort(student, kind="stable")
-        student, course, progress = student[order], course[order], progress[order]
+    course, progress = data.course, data.progress
+    if len(data.student) > 1 and (np.diff(data.student) < 0).any():
+        order = np.argsort(data.student, kind="stable")
+        course, progress = course[order], progress[order]
     indptr = np.zeros(data.n_students + 1, dtype=np.int64)
-    np.cumsum(np.bincount(student, minlength=data.n_students), out=indptr[1:])
+    np.cumsum(np.bincount(data.student, minlength=data.n_students), out=indptr[1:])
     return sparse.csr_matrix(
         (progress, course, indptr), shape=(data.n_students, data.n_courses)
     )
@@ -168,12 +168,17 @@ def gram_matrix(matrix: Any) -> np.ndarray:
     sparse-sparse product by far once rows hold a handful of entries each;
     a block is kept to about ``GRAM_BLOCK_CELLS`` cells.
     """
+    from threadpoolctl import threadpool_limits
+
     n_rows, n_columns = matrix.shape
     gram = np.zeros((n_columns, n_columns))
     step = max(1, GRAM_BLOCK_CELLS // max(n_columns, 1))
-    for start in range(0, n_rows, step):
-        block = matrix[start : start + step].toarray()
-        gram += block.T @ block
+    # One BLAS thread: these products are small, and OpenBLAS threads that
+    # compete with other work for the cores were measured 10x slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, n_rows, step):
+            block = matrix[start : start + step].toarray()
+            gram += block.T @ block
     return gram
 
 
@@ -258,12 +263,13 @@ def write_matrix(
 ) -> None:
     """Write one row per student: ``student_id``, then one column per name.
 
-    Float columns skip Parquet's dictionary encoding, which cannot shrink
-    them and costs more than the rest of the write.
+    Written plain, without dictionaries or compression: distinct floats
+    and ids shrink little, and encoding them cost more than the rest of the
+    write and of the read that follows.
     """
     columns = np.ascontiguousarray(matrix.T)
     table = pa.table(
         [student_ids, *(pa.array(column) for column in columns)],
         names=["student_id", *names],
     )
-    pq.write_table(table, path, use_dictionary=["student_id"])
+    pq.write_table(table, path, use_dictionary=False, compression="none")
