@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,12 @@ PROGRESS_COLUMNS = ("student_id", "course_id", "progress", "timestamp")
 REJECT_SCHEMA = pa.schema(
     [("row_number", pa.int64()), ("text", pa.string()), ("reason", pa.string())]
 )
+# A raw snapshot is written as one Parquet part per CPU (in parallel), each
+# part holding at least this many rows; parts are read back in name order.
+PART_MIN_ROWS = 1 << 20
+# Text columns with few distinct values, dictionary-encoded in the snapshot.
+_DICTIONARY_COLUMNS = ("course_id", "title", "categories", "progress")
+_BLANK = b"\xef\xbb\xbf \t\r\n"
 
 
 def source_columns(settings: Settings, kind: str) -> dict[str, str | None]:
@@ -73,14 +81,15 @@ def read_source(
         The input is missing, empty, not UTF-8, or lacks a required column.
     """
     mapping = source_columns(settings, kind)
+    markers_parsed = False
     if settings.uses_sql_source:
         table, rejects = _read_sql(location, settings), _empty_rejects()
     elif _is_parquet(location):
         table, rejects = _read_parquet(location), _empty_rejects()
     else:
-        table, rejects = _read_csv(location)
+        table, rejects, markers_parsed = _read_csv(location, settings.null_values)
     table = _select_columns(table, mapping, location)
-    return _clean_text(table, settings.null_values), rejects
+    return _clean_text(table, settings.null_values, markers_parsed), rejects
 
 
 def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
@@ -106,22 +115,22 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
         if not location:
             raise ValueError(f"no {kind} source given (file path or SQL query)")
         table, rejects = read_source(location, kind, settings)
-        out_dir = run.partition("raw", kind)
-        pq.write_table(table, out_dir / f"{kind}.parquet")
-        pq.write_table(rejects, out_dir / "rejects.parquet")
+        data_path, rejects_path = raw_paths(run, kind)
+        write_snapshot(table, data_path)
+        pq.write_table(rejects, rejects_path)
         logger.info(
             "read %d %s rows from %s (%d malformed) into %s",
             table.num_rows,
             kind,
             _describe(location, settings),
             rejects.num_rows,
-            out_dir,
+            data_path.parent,
         )
         summary[kind] = {
             "location": _describe(location, settings),
             "rows": table.num_rows + rejects.num_rows,
             "malformed": rejects.num_rows,
-            "path": str(out_dir / f"{kind}.parquet"),
+            "path": str(data_path),
         }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     run.write_summary("extract", summary)
@@ -129,9 +138,64 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
 
 
 def raw_paths(run: RunContext, kind: str) -> tuple[Path, Path]:
-    """Paths of the raw snapshot and its rejected rows for ``kind``."""
+    """Paths of the raw snapshot and its rejected rows for ``kind``.
+
+    The snapshot is a directory of Parquet parts: read it with
+    :func:`read_snapshot`, which keeps the row order.
+    """
     out_dir = run.partition("raw", kind)
-    return out_dir / f"{kind}.parquet", out_dir / "rejects.parquet"
+    return out_dir / kind, out_dir / "rejects.parquet"
+
+
+def write_snapshot(table: pa.Table, directory: Path) -> list[Path]:
+    """Write ``table`` as numbered Parquet parts, one per CPU, in parallel.
+
+    Each part is a consecutive slice of at least :data:`PART_MIN_ROWS` rows
+    (a small table is one part); parts left by an earlier write are removed.
+    The snapshot is read back whole, once, so no column statistics are
+    written; low-cardinality text is dictionary-encoded, other text written
+    plain (cheaper, and as small once compressed) and ``row_number``
+    delta-encoded.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in _part_files(directory):
+        old.unlink()
+    n_parts = max(1, min(os.cpu_count() or 1, table.num_rows // PART_MIN_ROWS))
+    step = -(-table.num_rows // n_parts)
+    width = max(2, len(str(n_parts - 1)))
+    paths = [directory / f"part-{i:0{width}d}.parquet" for i in range(n_parts)]
+    names = table.column_names
+    dictionary = [name for name in _DICTIONARY_COLUMNS if name in names]
+    encoding = {"row_number": "DELTA_BINARY_PACKED"} if "row_number" in names else None
+
+    def write(i: int) -> None:
+        pq.write_table(
+            table.slice(i * step, step),
+            paths[i],
+            use_dictionary=dictionary,
+            column_encoding=encoding,
+            write_statistics=False,
+        )
+
+    if n_parts == 1:
+        write(0)
+    else:
+        with ThreadPoolExecutor(n_parts) as pool:
+            list(pool.map(write, range(n_parts)))
+    return paths
+
+
+def read_snapshot(directory: Path) -> pa.Table:
+    """Read a raw snapshot written by :func:`write_snapshot`, parts in order."""
+    parts = _part_files(directory)
+    if not parts:
+        raise FileNotFoundError(f"{directory}: no raw snapshot parts")
+    return pa.concat_tables([pq.read_table(part) for part in parts])
+
+
+def _part_files(directory: Path) -> list[Path]:
+    parts = directory.glob("part-[0-9]*.parquet") if directory.is_dir() else []
+    return sorted(parts, key=lambda p: int(p.stem.removeprefix("part-")))
 
 
 def _describe_source(settings: Settings) -> str:
@@ -154,40 +218,112 @@ def _empty_rejects() -> pa.Table:
     return REJECT_SCHEMA.empty_table()
 
 
-def _open(location: str) -> Any:
+def _local_path(location: str) -> Path | None:
+    """The local file behind ``location`` (None for a remote fsspec URL)."""
     if "://" in location and not location.startswith("file://"):
-        import fsspec
-
-        return fsspec.open(location, "rb").open()
+        return None
     path = Path(location.removeprefix("file://"))
     if not path.exists():
         raise InputFileError(location, "file not found")
     if path.is_dir():
         raise InputFileError(location, "is a directory, expected a file")
+    return path
+
+
+def _open(location: str) -> Any:
+    path = _local_path(location)
+    if path is None:
+        import fsspec
+
+        return fsspec.open(location, "rb").open()
     return path.open("rb")
 
 
-def _read_csv(location: str) -> tuple[pa.Table, pa.Table]:
-    """Read a CSV as text; malformed rows are set aside with their row numbers."""
+def _read_all(location: str) -> bytes:
     with _open(location) as handle:
-        data = handle.read()
-    blank = b"\xef\xbb\xbf \t\r\n"
-    if not data[:65536].strip(blank) and not data.strip(blank):
+        return handle.read()
+
+
+def _read_head(location: str) -> bytes:
+    """The file's first bytes: through its first line and first non-blank byte."""
+    pieces = bytearray()
+    with _open(location) as handle:
+        while True:
+            piece = handle.read(1 << 16)
+            pieces += piece
+            if not piece or (b"\n" in pieces and pieces.strip(_BLANK)):
+                return bytes(pieces)
+
+
+def _read_csv(
+    location: str, null_values: tuple[str, ...] = ()
+) -> tuple[pa.Table, pa.Table, bool]:
+    """Read a CSV as text; malformed rows are set aside with their row numbers.
+
+    The file is parsed straight from its path (or fsspec URL) by Arrow's
+    multi-threaded reader; fields equal to a null marker (quoted or not)
+    become nulls as they are parsed, trimming is left to :func:`_clean_text`.
+    The last value returned says whether the null markers were applied.
+    """
+    head = _read_head(location)
+    if not head.strip(_BLANK):
         raise InputFileError(location, "file is empty (no header, no rows)")
-    table, rejects = _parse_csv(data, location, fast=True)
+    header = _read_header(head, location)
+    markers = _parse_markers(null_values)
+    table, rejects = _parse_file(location, header, markers)
+    if markers and not set(table.column_names) <= set(header):
+        # Columns the first line does not name (it is blank, say) get their
+        # type inferred with Arrow's own null markers: parse them as such.
+        markers = []
+        table, rejects = _parse_file(location, header, markers)
     if rejects:
         # The fast multi-threaded parse cannot say where a bad row was; parse
         # again serially, which numbers every row, to report them exactly.
-        table, rejects = _parse_csv(data, location, fast=False)
+        data = pa.py_buffer(_read_all(location))
+        table, rejects = _parse_csv(data, header, markers, location, fast=False)
     reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
     numbers = _row_numbers(table.num_rows, [r["row_number"] for r in rejects])
-    return table.append_column("row_number", pa.array(numbers)), reject_table
+    table = table.append_column("row_number", pa.array(numbers))
+    return table, reject_table, bool(markers)
+
+
+def _parse_file(
+    location: str, header: list[str], markers: list[str]
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Parse the whole file with Arrow's multi-threaded reader."""
+    path = _local_path(location)
+    if path is None:
+        with _open(location) as source:
+            return _parse_csv(source, header, markers, location, fast=True)
+    # An OSFile, not the path: given a path, Arrow decompresses by extension.
+    with pa.OSFile(str(path)) as source:
+        return _parse_csv(source, header, markers, location, fast=True)
+
+
+def _parse_markers(null_values: tuple[str, ...]) -> list[str]:
+    """The null markers a raw CSV field can be matched against before trimming.
+
+    A marker with whitespace at either end can never equal a trimmed value,
+    so it is left out (it never turns anything into a null).
+    """
+    markers = sorted(set(null_values))
+    if not markers:
+        return []
+    trimmed = pc.utf8_trim_whitespace(pa.array(markers, pa.string())).to_pylist()
+    return [m for m, t in zip(markers, trimmed, strict=True) if m == t]
 
 
 def _parse_csv(
-    data: bytes, location: str, fast: bool
+    source: Any,
+    header: list[str],
+    markers: list[str],
+    location: str,
+    fast: bool,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     rejects: list[dict[str, Any]] = []
+    # Without markers, Arrow's default null values still apply to any column
+    # whose type is inferred (not named in the header), as they always have.
+    nulls = {"null_values": markers} if markers else {}
 
     def on_invalid(row: Any) -> str:
         rejects.append(
@@ -202,22 +338,24 @@ def _parse_csv(
         )
         return "skip"
 
-    header = _read_header(data, location)
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(data),
+            source,
             read_options=pacsv.ReadOptions(use_threads=fast, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
                 invalid_row_handler=on_invalid, newlines_in_values=not fast
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
+                **nulls,
+                strings_can_be_null=bool(markers),
+                quoted_strings_can_be_null=bool(markers),
             ),
         )
     except pa.ArrowInvalid as err:
-        raise InputFileError(location, _explain_csv_error(err, data)) from None
+        raise InputFileError(
+            location, _explain_csv_error(err, _read_all(location))
+        ) from None
     return table, rejects
 
 
@@ -339,8 +477,14 @@ def _select_columns(
     return pa.Table.from_arrays(arrays, names=out_names)
 
 
-def _clean_text(table: pa.Table, null_values: tuple[str, ...]) -> pa.Table:
-    """Trim whitespace and turn null markers into nulls, in every text column."""
+def _clean_text(
+    table: pa.Table, null_values: tuple[str, ...], markers_parsed: bool = False
+) -> pa.Table:
+    """Trim whitespace and turn null markers into nulls, in every text column.
+
+    ``markers_parsed`` says the values that are exactly a marker are already
+    null (the CSV reader did it), so only trimmed chunks are looked up.
+    """
     markers = pa.array(sorted(set(null_values)), pa.string())
     longest = max((len(m.encode()) for m in set(null_values)), default=-1)
     columns = []
@@ -348,19 +492,25 @@ def _clean_text(table: pa.Table, null_values: tuple[str, ...]) -> pa.Table:
         column = table.column(name)
         if name != "row_number":
             column = pa.chunked_array(
-                [_clean_chunk(chunk, markers, longest) for chunk in column.chunks],
+                [
+                    _clean_chunk(chunk, markers, longest, markers_parsed)
+                    for chunk in column.chunks
+                ],
                 pa.string(),
             )
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def _clean_chunk(chunk: pa.Array, markers: pa.Array, longest: int) -> pa.Array:
+def _clean_chunk(
+    chunk: pa.Array, markers: pa.Array, longest: int, markers_parsed: bool = False
+) -> pa.Array:
     """Trim and null-mark one text chunk, skipping work that cannot change it.
 
     Trimming is skipped when the chunk's bytes hold no ASCII control or
     space character and no non-ASCII byte (so no whitespace of any kind);
-    markers are looked up only for values no longer than the longest one.
+    markers are looked up only for values no longer than the longest one,
+    and not at all in an untrimmed chunk when ``markers_parsed``.
     """
     import numpy as np
 
@@ -368,6 +518,8 @@ def _clean_chunk(chunk: pa.Array, markers: pa.Array, longest: int) -> pa.Array:
     raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
     if len(raw) and (raw.min() <= 0x20 or raw.max() >= 0x80):
         chunk = pc.utf8_trim_whitespace(chunk)
+    elif markers_parsed:
+        return chunk
     if longest < 0:
         return chunk
     lengths = pc.fill_null(pc.binary_length(chunk), longest + 1)

@@ -413,8 +413,10 @@ def _raised_exception(info: dict[str, Any]) -> str | None:
 
 
 def _read_raw(run: RunContext, kind: str) -> tuple[pa.Table, pa.Table]:
+    from recs.extract import read_snapshot
+
     data_path, rejects_path = raw_paths(run, kind)
-    return pq.read_table(data_path), pq.read_table(rejects_path)
+    return read_snapshot(data_path), pq.read_table(rejects_path)
 
 
 def _failed_indices(result: dict[str, Any], index_column: str) -> np.ndarray:

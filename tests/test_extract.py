@@ -9,7 +9,7 @@ import pytest
 
 from recs.context import RunContext
 from recs.errors import InputFileError
-from recs.extract import extract, raw_paths
+from recs.extract import extract, raw_paths, read_snapshot
 from recs.settings import Settings
 
 COURSES = "courseId,title,categories\nC1,One,Data\n"
@@ -57,7 +57,7 @@ def test_extract_strips_bom_and_crlf(tmp_path: Path) -> None:
     run = _extract(
         tmp_path, b"\xef\xbb\xbfstudentId,courseId,progress\r\nS1,C1, 95% \r\n"
     )
-    table = pq.read_table(raw_paths(run, "progress")[0])
+    table = read_snapshot(raw_paths(run, "progress")[0])
     assert table.column_names == ["student_id", "course_id", "progress", "row_number"]
     assert table.to_pylist() == [
         {"student_id": "S1", "course_id": "C1", "progress": "95%", "row_number": 1}
@@ -69,7 +69,7 @@ def test_extract_sets_malformed_rows_aside_with_row_numbers(tmp_path: Path) -> N
         tmp_path,
         b"studentId,courseId,progress\nS1,C1,85%\nS2,C1,80%,x\nS3,C1,N/A\n",
     )
-    table = pq.read_table(raw_paths(run, "progress")[0]).to_pylist()
+    table = read_snapshot(raw_paths(run, "progress")[0]).to_pylist()
     rejects = pq.read_table(raw_paths(run, "progress")[1]).to_pylist()
     assert [r["row_number"] for r in table] == [1, 3]
     assert table[1]["progress"] is None
