@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recs import validate as validate_module
 from recs.clean import read_progress_frame
 from recs.context import RunContext
 from recs.errors import ValidationGateError
@@ -171,7 +172,7 @@ def test_load_suite_has_the_required_expectations() -> None:
     assert ("expect_column_values_to_match_regex", "progress") in kinds
     assert ("expect_column_values_to_not_be_null", "progress") in kinds
     assert ("expect_column_values_to_be_in_set", "course_id") in kinds
-    assert ("expect_column_values_to_be_unique", "student_course") in kinds
+    assert ("expect_column_pair_values_to_be_equal", None) in kinds
     course_kinds = {e["type"] for e in load_suite("courses")["expectations"]}
     assert "expect_column_values_to_be_unique" in course_kinds
 
@@ -342,6 +343,42 @@ def test_validate_duplicates_do_not_count_as_bad(tmp_path: Path) -> None:
     assert summary["progress"]["duplicates"] == 2
     assert summary["progress"]["bad_share"] == 0.0
     assert list(_quarantine(run).row_number) == [1, 3]
+
+
+def test_validate_expectation_catches_repeated_pairs_left_after_dedup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    progress = _write(
+        tmp_path / "students.csv",
+        "studentId,courseId,progress\nS1,C1,40%\nS2,C1,50%\nS1,C1,95%\n",
+    )
+    run, settings = _run_files(tmp_path, _courses_csv(tmp_path / "c.csv"), progress)
+
+    def keep_everything(students, courses, fraction, row_number, valid):
+        n = len(students)
+        return valid.copy(), np.zeros(n, bool), np.zeros(n, np.int64)
+
+    monkeypatch.setattr(validate_module, "_deduplicate", keep_everything)
+    summary = validate(run, settings)
+    record = next(
+        r for r in summary["expectations"]
+        if r["expectation"] == "expect_column_pair_values_to_be_equal"
+    )
+    assert record["success"] is False
+    assert record["failed"] == 2  # both rows of S1, the student with a repeat
+    assert record["students"] == 2
+
+
+@pytest.mark.parametrize("bitmap_keys", [1 << 30, 0])
+def test_rows_and_courses_counts_distinct_courses_per_student(
+    bitmap_keys: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate_module, "DEDUP_BITMAP_KEYS", bitmap_keys)
+    student = np.array([0, 0, 0, 2, 2], np.int32)
+    course = np.array([1, 1, 3, 0, 1], np.int32)
+    frame = validate_module._rows_and_courses(student, course, 3, 4)
+    assert frame["rows"].tolist() == [3, 0, 2]
+    assert frame["courses"].tolist() == [2, 0, 2]
 
 
 def test_validate_quarantines_malformed_and_missing_ids_once(tmp_path: Path) -> None:
