@@ -14,6 +14,17 @@ The PostgreSQL runs use a scratch database created for the run and dropped
 afterwards. Usage::
 
     .venv/bin/python bench/publish_bench.py --rows 1000000
+
+``--quick`` runs only ``publish_run`` and the bare COPY (CSV buffer) on
+PostgreSQL, alternately, ``--repeat`` times, each after a ``CHECKPOINT``, and
+prints publish's load, index and switch seconds and each publish / bare COPY
+ratio (the median last).
+``--input DIR`` publishes a run directory's four Parquet files (for example
+``bench/out/runs/n1000000-postgres/var/recommendations/ds=2026-12-03``, 10M
+recommendation rows) instead of synthetic rows::
+
+    .venv/bin/python bench/publish_bench.py --quick --repeat 3 \
+        --input bench/out/runs/n1000000-postgres/var/recommendations/ds=2026-12-03
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import argparse
 import io
 import logging
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -132,10 +144,69 @@ def bare_copy(engine: sa.Engine, path: Path, write_row: bool) -> int:
     return table.num_rows
 
 
+def input_paths(directory: Path) -> dict[str, Path]:
+    """The four reader tables of an existing run directory."""
+    paths = {name: directory / f"{name}.parquet" for name in warehouse.READER_TABLES}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"--input lacks {missing}")
+    return paths
+
+
+def checkpoint(engine: sa.Engine) -> None:
+    """Flush the previous step's writes so that the next step does not pay."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CHECKPOINT")
+    except sa.exc.DBAPIError as err:
+        logging.warning("no CHECKPOINT between steps: %s", err.orig)
+
+
+def quick(pg_url: str, paths: dict[str, Path], repeat: int) -> None:
+    """Alternate publish_run and bare COPY; print the phases and the ratios."""
+    rows = pq.read_metadata(paths["student_recommendations"]).num_rows
+    pg = warehouse.get_engine(pg_url)
+    warehouse.ensure_schema(pg)
+    ratios, totals, copies = [], [], []
+    try:
+        for attempt in range(1, repeat + 1):
+            checkpoint(pg)
+            wall, out = timed(lambda: warehouse.publish_run(
+                pg, f"bench_{uuid.uuid4().hex[:6]}", "2026-12-03", paths, {},
+                keep_runs=1,
+            ))
+            checkpoint(pg)
+            copy, _ = timed(lambda: bare_copy(
+                pg, paths["student_recommendations"], write_row=False))
+            phases = out["seconds"]
+            ratios.append(phases["total"] / copy)
+            totals.append(phases["total"])
+            copies.append(copy)
+            print(f"  #{attempt}: publish load {phases['load']:.2f} index "
+                  f"{phases['index']:.2f} switch {phases['switch']:.2f} cleanup "
+                  f"{phases['cleanup']:.2f} total {phases['total']:.2f} (wall "
+                  f"{wall:.2f}); bare COPY {copy:.2f}; publish / bare COPY "
+                  f"{ratios[-1]:.2f}; load average {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    finally:
+        pg.dispose()
+    median = statistics.median
+    print(f"median of {repeat} on {rows:,} rows: publish {median(totals):.2f} s, "
+          f"bare COPY {median(copies):.2f} s, publish / bare COPY "
+          f"{median(ratios):.2f} (target: <= 1.5)")
+
+
 def main() -> None:
     """Run every variant and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--input", type=Path, default=None,
+                        help="run directory with the four reader Parquet files "
+                        "(instead of --rows synthetic rows)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only publish_run and bare COPY on PostgreSQL")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --quick: publish / bare COPY pairs to run")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
                         help="server to create the scratch database on")
     parser.add_argument("--sqlite-path", type=Path, default=None,
@@ -146,10 +217,36 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    if args.quick:
+        admin = sa.create_engine(
+            sa.make_url(args.pg_url).set(drivername="postgresql+psycopg"),
+            isolation_level="AUTOCOMMIT",
+        )
+        name = f"recs_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        pg_url = admin.url.set(database=name).render_as_string(hide_password=False)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = (input_paths(args.input) if args.input
+                         else write_inputs(build_rows(args.rows), Path(tmp)))
+                print(f"PostgreSQL: {mask_url(pg_url)}; {os.cpu_count()} CPUs")
+                quick(pg_url, paths, args.repeat)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+        return
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        frame = build_rows(args.rows)
-        paths = write_inputs(frame, tmp_dir)
+        if args.input:
+            paths = input_paths(args.input)
+            frame = pd.read_parquet(paths["student_recommendations"])
+            args.rows = len(frame)
+        else:
+            frame = build_rows(args.rows)
+            paths = write_inputs(frame, tmp_dir)
         stamped = with_stamps(frame)
         subset = stamped.head(args.multi_rows)
         sqlite_path = args.sqlite_path or tmp_dir / "bench.db"

@@ -8,6 +8,7 @@ cases are skipped, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import threading
@@ -17,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -223,6 +227,30 @@ def test_publish_run_keeps_text_nulls_and_quotes(
     assert sorted(got["student_id"].unique()) == sorted(expected["student_id"].unique())
 
 
+def test_publish_run_loads_dictionary_encoded_text_as_text(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    paths = make_run(tmp_path / "plain", tag="x")
+    table = pq.read_table(paths["student_recommendations"])
+    for name in ("course_id", "strategy", "reason"):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pc.dictionary_encode(table[name]))
+    pq.write_table(table, paths["student_recommendations"])
+    assert pa.types.is_dictionary(
+        pq.read_schema(paths["student_recommendations"]).field("reason").type
+    )
+
+    warehouse.publish_run(engine, "r1", "2026-12-03", paths, {})
+
+    expected = table.to_pandas()
+    for name in ("course_id", "strategy", "reason"):
+        expected[name] = expected[name].astype(object)
+    expected = expected.sort_values(list(expected.columns)).reset_index(drop=True)
+    got = view_rows(engine, "student_recommendations")
+    assert got["reason"].tolist().count("") == 1
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
 def test_publish_run_reader_sees_only_whole_runs(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
@@ -396,6 +424,218 @@ def test_publish_run_keeps_last_keep_runs(engine: sa.Engine, tmp_path: Path) -> 
     assert warehouse.rollback(engine)["run_id"] == "d2"
     with pytest.raises(NoPublishedRunError):
         warehouse.rollback(engine)
+
+
+STAMPS = ("run_id", "generated_at")
+
+
+def as_utc(value: dt.datetime | str) -> dt.datetime:
+    """A stamp or ledger time as an aware UTC datetime (SQLite keeps text)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def view_stamps(engine: sa.Engine, name: str) -> tuple[set, set[str]]:
+    """Distinct (run_id, generated_at) of a view, and the SQL types of both.
+
+    The types are the view's declared column types on PostgreSQL and the
+    stored value types (``typeof``) on SQLite.
+    """
+    with engine.connect() as conn:
+        pairs = {
+            (run_id, as_utc(at))
+            for run_id, at in conn.execute(
+                sa.text(f"SELECT DISTINCT run_id, generated_at FROM {name}")
+            )
+        }
+        if engine.dialect.name == "postgresql":
+            types = conn.execute(
+                sa.text(
+                    "SELECT column_name || ' ' || data_type "
+                    "FROM information_schema.columns WHERE table_name = :name "
+                    "AND table_schema = current_schema()"
+                ),
+                {"name": name},
+            ).scalars()
+        else:
+            types = conn.execute(
+                sa.text(
+                    f"SELECT DISTINCT 'run_id ' || typeof(run_id), "
+                    f"'generated_at ' || typeof(generated_at) FROM {name}"
+                )
+            ).one()
+        types = {t for t in types if t.split()[0] in STAMPS}
+    return pairs, types
+
+
+STAMP_TYPES = {
+    "postgresql": {"run_id text", "generated_at timestamp with time zone"},
+    "sqlite": {"run_id text", "generated_at text"},
+}
+
+
+def test_views_stamp_rows_with_run_id_and_publish_time(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    run_id = "20261203_it's\\a"  # quoted as a SQL literal, not spliced
+    result = warehouse.publish_run(
+        engine, run_id, "2026-12-03", make_run(tmp_path / "1"), {}
+    )
+
+    published_at = as_utc(warehouse.current_run(engine)["published_at"])
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        for name, columns in warehouse.READER_COLUMNS.items():
+            assert [c["name"] for c in inspector.get_columns(name)] == [
+                c for c, _, _ in columns
+            ] + list(STAMPS)
+            stored = inspector.get_columns(f"{name}__{result['table_key']}")
+            assert [c["name"] for c in stored] == [c for c, _, _ in columns]
+    for name in warehouse.READER_TABLES:
+        pairs, types = view_stamps(engine, name)
+        assert pairs == {(run_id, published_at)}
+        assert types == STAMP_TYPES[engine.dialect.name]
+    got = warehouse.student_recommendations(engine, "001")
+    assert got["run_id"] == run_id
+    assert isinstance(got["generated_at"], dt.datetime)
+    assert as_utc(got["generated_at"]) == published_at
+
+
+def test_rollback_restores_the_previous_run_stamps(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    warehouse.publish_run(engine, "d1", "2026-12-01", make_run(tmp_path / "1"), {})
+    first = view_stamps(engine, "student_recommendations")
+    warehouse.publish_run(engine, "d2", "2026-12-02", make_run(tmp_path / "2"), {})
+    assert view_stamps(engine, "popular_courses")[0] != first[0]
+
+    warehouse.rollback(engine)
+
+    for name in warehouse.READER_TABLES:
+        assert view_stamps(engine, name) == first
+
+
+def publish_old_layout(
+    engine: sa.Engine, run_id: str, ds: str, paths: dict[str, Path],
+    generated_at: dt.datetime,
+) -> str:
+    """Publish a run the way earlier versions did; return its table key.
+
+    Their run tables stored ``run_id`` and ``generated_at`` in every row, the
+    views selected those columns, and ``generated_at`` was taken before the
+    load, so it differs from the ledger's ``published_at``.
+    """
+    key = f"old_{uuid.uuid4().hex[:6]}"
+    warehouse.ensure_schema(engine)
+    with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer.quote
+        for name, columns in warehouse.READER_COLUMNS.items():
+            table = sa.Table(
+                f"{name}__{key}", sa.MetaData(),
+                *(sa.Column(c, t) for c, t, _ in columns),
+                sa.Column("run_id", sa.Text, nullable=False),
+                sa.Column("generated_at", sa.DateTime(timezone=True), nullable=False),
+            )
+            table.create(conn)
+            frame = pd.read_parquet(paths[name]).astype(object)
+            rows = frame.where(frame.notna(), None).to_dict("records")
+            conn.execute(
+                table.insert(),
+                [{**row, "run_id": run_id, "generated_at": generated_at}
+                 for row in rows],
+            )
+            select = ", ".join(
+                quote(c) for c in [c for c, _, _ in columns] + list(STAMPS)
+            )
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    f"CREATE OR REPLACE VIEW {name} AS SELECT {select} "
+                    f"FROM {quote(table.name)}"
+                )
+            else:
+                conn.exec_driver_sql(f"DROP VIEW {name}")
+                conn.exec_driver_sql(
+                    f"CREATE VIEW {name} AS SELECT {select} FROM {quote(table.name)}"
+                )
+        conn.execute(
+            warehouse.runs_table.insert().values(
+                run_id=run_id, ds=ds, status="published", is_current=True,
+                started_at=generated_at, table_key=key,
+                published_at=generated_at + dt.timedelta(seconds=30),
+            )
+        )
+    return key
+
+
+def test_publish_and_rollback_over_views_of_the_old_layout(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    generated_at = dt.datetime(2026, 12, 1, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    old_key = publish_old_layout(
+        engine, "old", "2026-12-01", make_run(tmp_path / "old", students=4),
+        generated_at,
+    )
+    assert view_stamps(engine, "student_recommendations")[0] == {
+        ("old", generated_at)
+    }
+
+    result = warehouse.publish_run(
+        engine, "new", "2026-12-02", make_run(tmp_path / "new", students=5), {}
+    )
+
+    assert result["previous_run_id"] == "old"
+    published_at = as_utc(warehouse.current_run(engine)["published_at"])
+    for name in warehouse.READER_TABLES:
+        pairs, types = view_stamps(engine, name)
+        assert pairs == {("new", published_at)}
+        assert types == STAMP_TYPES[engine.dialect.name]
+    assert warehouse.student_recommendations(engine, "004")["run_id"] == "new"
+
+    assert warehouse.rollback(engine)["run_id"] == "old"
+
+    for name in warehouse.READER_TABLES:
+        pairs, types = view_stamps(engine, name)
+        assert pairs == {("old", generated_at)}
+        assert types == STAMP_TYPES[engine.dialect.name]
+    assert warehouse.student_recommendations(engine, "004") is None
+    assert len(view_rows(engine, "student_recommendations")) == 12
+
+    warehouse.publish_run(engine, "newer", "2026-12-03", make_run(tmp_path / "3"), {})
+    assert view_stamps(engine, "student_clusters")[0] == {
+        ("newer", as_utc(warehouse.current_run(engine)["published_at"]))
+    }
+    warehouse.publish_run(
+        engine, "newest", "2026-12-04", make_run(tmp_path / "4"), {}, keep_runs=1
+    )
+    assert not {t for t in run_tables(engine) if t.endswith(old_key)}
+
+
+def test_postgres_lookups_by_student_use_the_index(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL plans only")
+    result = warehouse.publish_run(
+        engine, "r1", "2026-12-03", make_run(tmp_path, students=3000), {}
+    )
+    key = result["table_key"]
+
+    with engine.connect() as conn:
+        plans = {
+            name: "\n".join(
+                conn.execute(
+                    sa.text(f"EXPLAIN SELECT * FROM {name} WHERE student_id = :id"),
+                    {"id": "1042"},
+                ).scalars()
+            )
+            for name in ("student_recommendations", "student_clusters")
+        }
+    assert f"ix_{key}_sr" in plans["student_recommendations"]
+    assert f"ix_{key}_sc" in plans["student_clusters"]
+    assert "Seq Scan" not in "".join(plans.values())
 
 
 def test_later_migration_keeps_published_data(
