@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from recs.settings import Settings
 logger = logging.getLogger(__name__)
 
 GRAM_MAX_COURSES = 2_000
-GRAM_BLOCK_CELLS = 1 << 22
+GRAM_BLOCK_CELLS = 1 << 20
 
 
 def course_categories(
@@ -65,12 +66,15 @@ def progress_matrix(data: Encoded) -> Any:
     """
     from scipy import sparse
 
-    course, progress = data.course, data.progress
-    if len(data.student) > 1 and (np.diff(data.student) < 0).any():
-        order = np.argsort(data.student, kind="stable")
-        course, progress = course[order], progress[order]
-    indptr = np.zeros(data.n_students + 1, dtype=np.int64)
-    np.cumsum(np.bincount(data.student, minlength=data.n_students), out=indptr[1:])
+    student, course, progress = data.student, data.course, data.progress
+    if len(student) > 1 and (student[1:] < student[:-1]).any():
+        order = np.argsort(student, kind="stable")
+        student, course, progress = student[order], course[order], progress[order]
+    # Row starts by binary search in the sorted codes: no per-row temporary
+    # (np.bincount would first copy twenty million codes to int64).
+    indptr = np.searchsorted(
+        student, np.arange(data.n_students + 1, dtype=student.dtype)
+    )
     return sparse.csr_matrix(
         (progress, course, indptr), shape=(data.n_students, data.n_courses)
     )
@@ -100,15 +104,19 @@ def category_means(
 
     # Sums and counts per (student, category) as two products with the
     # course x category membership matrix: linear in rows, no row expansion.
+    # Counts are small integers, exact in float32; the sums are divided in
+    # place. Fresh memory is what this step pays for most (page faults).
     membership = np.zeros((matrix.shape[1], n_categories))
     membership[pair_course, pair_category] = 1.0
     taken = sparse.csr_matrix(
-        (np.ones(matrix.nnz), matrix.indices, matrix.indptr), shape=matrix.shape
+        (np.ones(matrix.nnz, np.float32), matrix.indices, matrix.indptr),
+        shape=matrix.shape,
     )
-    sums = np.asarray(matrix @ membership)
-    hits = np.asarray(taken @ membership)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(hits > 0, sums / np.maximum(hits, 1), 0.0)
+    means = np.asarray(matrix @ membership)
+    hits = np.asarray(taken @ membership.astype(np.float32))
+    del taken
+    np.divide(means, hits, out=means, where=hits > 0)
+    return means
 
 
 def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndarray:
@@ -136,7 +144,8 @@ def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndar
         svd = TruncatedSVD(n_components=n_components, random_state=random_state)
         factors = svd.fit_transform(matrix.astype(np.float32)).astype(np.float32)
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
-    return np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
+    # A student without progress keeps an all-zero row.
+    return np.divide(factors, norms, out=factors, where=norms > 0)
 
 
 def top_right_singular_vectors(matrix: Any, n_components: int) -> np.ndarray:
@@ -173,11 +182,14 @@ def gram_matrix(matrix: Any) -> np.ndarray:
     n_rows, n_columns = matrix.shape
     gram = np.zeros((n_columns, n_columns))
     step = max(1, GRAM_BLOCK_CELLS // max(n_columns, 1))
+    buffer = np.empty((min(step, n_rows), n_columns), dtype=matrix.dtype)
     # One BLAS thread: these products are small, and OpenBLAS threads that
-    # compete with other work for the cores were measured 10x slower.
+    # compete with other work for the cores were measured 10x slower. One
+    # dense buffer for every block: fresh memory costs page faults each time.
     with threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, n_rows, step):
-            block = matrix[start : start + step].toarray()
+            rows = matrix[start : start + step]
+            block = rows.toarray(out=buffer[: rows.shape[0]])
             gram += block.T @ block
     return gram
 
@@ -203,13 +215,17 @@ def student_features(
         courses, data.courses, settings.category_separator
     )
     matrix = progress_matrix(data)
-    means = category_means(matrix, pair_course, pair_category, len(labels))
-    factors = None
-    if settings.svd_components > 0 and data.n_students >= settings.svd_min_students:
-        factors = course_factors(
-            matrix, settings.svd_components, settings.random_state
+    if settings.svd_components <= 0 or data.n_students < settings.svd_min_students:
+        means = category_means(matrix, pair_course, pair_category, len(labels))
+        return means, labels, None
+    # The two are independent and release the GIL in their heavy parts
+    # (sparse products, BLAS): learn the factors on the other core.
+    with ThreadPoolExecutor(1) as pool:
+        factors = pool.submit(
+            course_factors, matrix, settings.svd_components, settings.random_state
         )
-    return means, labels, factors
+        means = category_means(matrix, pair_course, pair_category, len(labels))
+        return means, labels, factors.result()
 
 
 def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
@@ -231,28 +247,29 @@ def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
     means, labels, factors = student_features(data, courses, settings)
     category_path = run.partition("features", "student_category") / "features.parquet"
     student_ids = pa.array(data.students, pa.string())
-    write_matrix(category_path, student_ids, means, labels)
-    logger.info(
-        "wrote %d students x %d categories to %s",
-        data.n_students,
-        len(labels),
-        category_path,
-    )
     summary: dict[str, Any] = {
         "students": data.n_students,
         "courses": data.n_courses,
         "categories": len(labels),
         "category_path": str(category_path),
     }
+    writes = [(category_path, means, labels)]
     if factors is not None:
         factor_path = run.partition("features", "student_factors") / "factors.parquet"
         names = [f"f{j:02d}" for j in range(factors.shape[1])]
-        write_matrix(factor_path, student_ids, factors, names)
+        writes.append((factor_path, factors, names))
+        summary["factors"] = factors.shape[1]
+        summary["factor_path"] = str(factor_path)
+    with ThreadPoolExecutor(len(writes)) as pool:
+        list(pool.map(lambda w: write_matrix(w[0], student_ids, *w[1:]), writes))
+    logger.info(
+        "wrote %d students x %d categories to %s", data.n_students, len(labels),
+        category_path,
+    )
+    if factors is not None:
         logger.info(
             "wrote %d course factors per student to %s", factors.shape[1], factor_path
         )
-        summary["factors"] = factors.shape[1]
-        summary["factor_path"] = str(factor_path)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     run.write_summary("features", summary)
     return summary
