@@ -8,7 +8,9 @@ and, in one run, times:
 - ``DataFrame.to_sql(method="multi", chunksize=...)`` on a subset (it is
   about 7x slower than the default; the subset keeps the run short);
 - a bare psycopg 3 ``COPY`` of the same columns into an unindexed table, from
-  a pyarrow CSV buffer and with ``write_row``: the physical floor.
+  a pyarrow CSV buffer and with ``write_row``, the usual text-format floors
+  (``publish_run`` itself loads in binary format; ``pipeline_bench.py``
+  also measures a bare binary COPY).
 
 The PostgreSQL runs use a scratch database created for the run and dropped
 afterwards. Usage::
