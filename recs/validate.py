@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recs.clean import sorted_ids, write_clean
+from recs.clean import count_codes, sorted_ids, write_clean
 from recs.context import RunContext
 from recs.errors import ValidationGateError
 from recs.extract import raw_paths, source_columns
@@ -236,13 +237,20 @@ def validate(run: RunContext, settings: Settings) -> dict[str, Any]:
     """
     started = time.perf_counter()
     fmt = ProgressFormat.from_settings(settings)
-    checker = _Checker(run)
+    # Importing Great Expectations and building its context is seconds of
+    # Python; reading and encoding the snapshot is Arrow work that releases
+    # the GIL. Do both at once.
+    with ThreadPoolExecutor(1) as pool:
+        checker_ready = pool.submit(_Checker, run)
+        courses, course_rejects = _read_raw(run, "courses")
+        progress, progress_rejects = _read_raw(run, "progress")
+        encoded = _encode_progress(progress)
+        parsed = parse_progress(encoded["progress"][1], fmt)
+        checker = checker_ready.result()
 
-    courses, course_rejects = _read_raw(run, "courses")
     course_result = _check_courses(courses, settings, checker)
-    progress, progress_rejects = _read_raw(run, "progress")
     progress_result = _check_progress(
-        progress, settings, fmt, checker, course_result.kept_ids
+        progress, settings, fmt, checker, course_result.kept_ids, encoded, parsed
     )
 
     paths = write_clean(
@@ -549,6 +557,8 @@ def _quarantine_rows(
             continue
         text = values.filter(mask)
         subject = about[0].filter(mask) if about else text
+        if not pa.types.is_string(subject.type):
+            subject = pc.cast(subject, pa.string())
         if suffix or prefix.endswith("'"):
             reason = pc.binary_join_element_wise(
                 prefix, pc.fill_null(subject, ""), suffix, ""
@@ -589,8 +599,25 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     """Distinct values (null included) of a column, each row's index and counts."""
     encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
     indices = encoded.indices.to_numpy()
-    counts = np.bincount(indices, minlength=len(encoded.dictionary))
+    counts = count_codes(indices, len(encoded.dictionary))
     return indices, encoded.dictionary, counts
+
+
+def _first_true(conditions: list[np.ndarray]) -> np.ndarray:
+    """Per row, 1 + the index of the first true condition, or 0 (int8).
+
+    ``np.select`` with the same effect builds int64 arrays of every row.
+    """
+    code = np.zeros(len(conditions[0]), np.int8)
+    for value, condition in reversed(list(enumerate(conditions, start=1))):
+        code[condition] = value
+    return code
+
+
+def _encode_progress(table: pa.Table) -> dict[str, tuple[Any, ...]]:
+    """:func:`_encode` of each checked text column of the raw progress."""
+    columns = ("student_id", "course_id", "progress")
+    return {column: _encode(table.column(column)) for column in columns}
 
 
 def _check_progress(
@@ -599,6 +626,8 @@ def _check_progress(
     fmt: ProgressFormat,
     checker: _Checker,
     catalogue: pa.Array,
+    encoded: dict[str, tuple[Any, ...]],
+    parsed: ParsedProgress,
 ) -> _SourceResult:
     import pandas as pd
 
@@ -610,11 +639,6 @@ def _check_progress(
         "progress_max": fmt.scale,
         "catalogue_course_ids": catalogue.to_pylist(),
     }
-    encoded = {
-        c: _encode(table.column(c)) for c in ("student_id", "course_id", "progress")
-    }
-    _, progress_values, _ = encoded["progress"]
-    parsed = parse_progress(progress_values, fmt)
 
     row_masks: dict[str, np.ndarray] = {}
     failures = []
@@ -651,8 +675,8 @@ def _check_progress(
         row_masks.get("expect_column_values_to_be_between:progress_value", zero),
         row_masks.get("expect_column_values_to_be_in_set:course_id", zero),
     ]
-    code = np.select(conditions, [1, 2, 3, 4, 5, 6], default=0)
-    fraction = parsed.value[encoded["progress"][0]] / fmt.scale
+    code = _first_true(conditions)
+    fraction = (parsed.value / fmt.scale)[encoded["progress"][0]]
     keep, superseded, kept_row = _deduplicate(
         encoded["student_id"][0], encoded["course_id"][0], fraction, row_number,
         code == 0,
@@ -665,7 +689,7 @@ def _check_progress(
     columns = {
         "student": pa.array(student_code),
         "course": pa.array(course_code),
-        "progress": pa.array(fraction[keep], pa.float64()),
+        "progress": pa.array(fraction if row_filter is None else fraction[keep]),
     }
     for name in ("timestamp", "row_number"):
         if name in table.column_names:
@@ -680,7 +704,8 @@ def _check_progress(
         repeated = np.zeros(len(pairs), bool)
         repeated[_failed_indices(result, "student")] = True
         mask = np.zeros(table.num_rows, bool)
-        mask[np.flatnonzero(keep)[repeated[student_code]]] = True
+        if repeated.any():
+            mask[np.flatnonzero(keep)[repeated[student_code]]] = True
         entry = _failure_entry("progress", result, names["student_id"] + ", "
                                + names["course_id"], mask, row_number,
                                table.column("course_id"))
@@ -692,7 +717,7 @@ def _check_progress(
     progress_text = table.column("progress")
     unit, scale = fmt.unit, f"{fmt.scale:g}"
     example = "'85%'" if fmt.name == "percent" else f"like '{fmt.scale / 2:g}'"
-    kept_text = pc.cast(pa.array(kept_row), pa.string())
+    kept_text = pa.array(kept_row)  # quoted as text for superseded rows only
     reasons = [
         (1, names["student_id"], table.column("student_id"),
          "student id is missing", ""),
@@ -728,7 +753,9 @@ def _rows_and_courses(
     """Per student code: its number of rows and of distinct courses."""
     import pandas as pd
 
-    key = student.astype(np.int64) * max(n_courses, 1) + course
+    key = student.astype(np.int64)
+    key *= max(n_courses, 1)
+    key += course
     space = n_students * max(n_courses, 1)
     if space <= DEDUP_BITMAP_KEYS:
         seen = np.zeros(space, bool)
@@ -740,7 +767,7 @@ def _rows_and_courses(
         )
     return pd.DataFrame({
         "student": np.arange(n_students, dtype=np.int64),
-        "rows": np.bincount(student, minlength=n_students),
+        "rows": count_codes(student, n_students),
         "courses": distinct,
     })
 
@@ -749,8 +776,8 @@ def _sorted_codes(
     indices: np.ndarray, dictionary: pa.Array, keep: np.ndarray
 ) -> tuple[pa.Array, np.ndarray]:
     """The ids of the kept rows, sorted, and each kept row's position among them."""
-    kept = indices[keep]
-    used = np.flatnonzero(np.bincount(kept, minlength=len(dictionary)))
+    kept = indices if keep.all() else indices[keep]
+    used = np.flatnonzero(count_codes(kept, len(dictionary)))
     ids = dictionary.take(pa.array(used))
     order = pc.array_sort_indices(ids).to_numpy()
     code = np.full(len(dictionary), -1, np.int32)
@@ -806,11 +833,14 @@ def _deduplicate(
     keep = valid.copy()
     superseded = np.zeros(n, bool)
     kept_row = np.zeros(n, np.int64)
-    positions = np.flatnonzero(valid)
-    if len(positions) < 2:
+    if np.count_nonzero(valid) < 2:
         return keep, superseded, kept_row
-    key = students[positions].astype(np.int64) * (int(courses.max()) + 1)
-    key += courses[positions]
+    every = bool(valid.all())
+    # Keys built in place, from the whole arrays when every row is valid:
+    # each temporary of twenty million int64 is 160 MB of fresh pages.
+    key = (students if every else students[valid]).astype(np.int64)
+    key *= int(courses.max()) + 1
+    key += courses if every else courses[valid]
     space = int(key.max()) + 1
     if space <= DEDUP_BITMAP_KEYS:
         # Without repeated keys there is nothing to sort: a bitmap tells.
@@ -818,6 +848,7 @@ def _deduplicate(
         seen[key] = True
         if np.count_nonzero(seen) == len(key):
             return keep, superseded, kept_row
+    positions = np.flatnonzero(valid)
     order = np.lexsort((row_number[positions], -fraction[positions], key))
     sorted_key = key[order]
     starts = np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]])

@@ -132,3 +132,14 @@ def test_build_features_adds_unit_length_factors_for_enough_students(
     assert np.linalg.norm(factors.to_numpy(), axis=1) == pytest.approx(
         np.ones(n), abs=1e-5
     )
+
+
+def test_count_codes_equals_bincount_across_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recs import clean
+
+    monkeypatch.setattr(clean, "COUNT_SLICE", 7)
+    codes = np.random.default_rng(1).integers(0, 9, 100).astype(np.int32)
+    counts = clean.count_codes(codes, 12)
+    assert counts.tolist() == np.bincount(codes, minlength=12).tolist()

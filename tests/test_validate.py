@@ -402,3 +402,46 @@ def test_validate_quarantines_malformed_and_missing_ids_once(tmp_path: Path) -> 
     assert "course id is missing" in rows[("courses", 3)]
     assert "categories are missing" in rows[("courses", 4)]
     assert len(rows) == 6
+
+
+@pytest.mark.parametrize("bitmap_keys", [1 << 30, 0])
+@pytest.mark.parametrize("all_valid", [True, False])
+def test_deduplicate_matches_a_sort_of_every_row(
+    bitmap_keys: int, all_valid: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate_module, "DEDUP_BITMAP_KEYS", bitmap_keys)
+    rng = np.random.default_rng(7)
+    n = 2_000
+    students = rng.integers(0, 300, n).astype(np.int32)
+    courses = rng.integers(0, 12, n).astype(np.int32)
+    fraction = rng.choice([0.25, 0.5, 0.95], n)  # few values: many ties
+    row_number = np.arange(1, n + 1, dtype=np.int64)
+    valid = np.ones(n, bool) if all_valid else rng.random(n) > 0.2
+
+    keep, superseded, kept_row = validate_module._deduplicate(
+        students, courses, fraction, row_number, valid
+    )
+
+    frame = pd.DataFrame({
+        "student": students, "course": courses, "fraction": fraction,
+        "row": row_number,
+    })[valid]
+    ranked = frame.sort_values(["fraction", "row"], ascending=[False, True])
+    winners = ranked.drop_duplicates(["student", "course"])
+    expected_keep = np.zeros(n, bool)
+    expected_keep[winners["row"] - 1] = True
+    assert superseded.any()
+    assert (keep == expected_keep).all()
+    assert (superseded == (valid & ~expected_keep)).all()
+    winner_of = winners.set_index(["student", "course"])["row"]
+    lost = np.flatnonzero(superseded)
+    expected_rows = winner_of.loc[list(zip(students[lost], courses[lost], strict=True))]
+    assert (kept_row[lost] == expected_rows.to_numpy()).all()
+    assert (kept_row[~superseded] == 0).all()
+
+
+def test_first_true_is_np_select_of_the_codes() -> None:
+    rng = np.random.default_rng(3)
+    conditions = [rng.random(500) > 0.7 for _ in range(6)]
+    expected = np.select(conditions, [1, 2, 3, 4, 5, 6], default=0)
+    assert (validate_module._first_true(conditions) == expected).all()
