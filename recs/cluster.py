@@ -78,12 +78,12 @@ def count_distinct_rows(matrix: np.ndarray) -> int:
 
 
 def fit_kmeans(
-    matrix: np.ndarray, k: int, random_state: int, minibatch_above: int
+    matrix: np.ndarray, k: int, random_state: int, minibatch: bool = False
 ) -> Any:
-    """Fit k-means, or mini-batch k-means on very large inputs."""
+    """Fit k-means, or mini-batch k-means (for very large inputs)."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    if len(matrix) > minibatch_above:
+    if minibatch:
         model = MiniBatchKMeans(
             n_clusters=k, random_state=random_state, batch_size=8192, n_init=3
         )
@@ -123,7 +123,7 @@ def choose_k(
     for k in sorted({min(c, limit) for c in candidates if c >= 2}):
         if k >= len(sample):
             continue
-        labels = fit_kmeans(sample, k, settings.random_state, 10**12).labels_
+        labels = fit_kmeans(sample, k, settings.random_state).labels_
         scores[k] = silhouette(sample, labels, settings.random_state)
     valid = {k: s for k, s in scores.items() if s is not None}
     if not valid:
@@ -189,7 +189,8 @@ def fit_clusters(run: RunContext, settings: Settings) -> dict[str, Any]:
         raise ValueError("no students with usable progress to cluster")
     k, distinct, choice = resolve_k(matrix, settings)
     requested = None if settings.n_clusters == "auto" else int(settings.n_clusters)
-    model = fit_kmeans(matrix, k, settings.random_state, settings.minibatch_above)
+    minibatch = len(matrix) > settings.minibatch_above
+    model = fit_kmeans(matrix, k, settings.random_state, minibatch)
     labels = model.labels_.astype(np.int32)
     score = silhouette(matrix, labels, settings.random_state)
     assignments = pa.table(

@@ -239,12 +239,20 @@ def _check_relevant(n_relevant: np.ndarray) -> None:
 
 
 def recommend_clusters(
-    train: Encoded, courses: pd.DataFrame, students: np.ndarray, settings: Settings
+    train: Encoded,
+    courses: pd.DataFrame,
+    students: np.ndarray,
+    settings: Settings,
+    population: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Top-10 lists of the product's recommender, built as the pipeline builds it.
 
     Features, k and the ranking come from the same functions the pipeline's
     features, cluster and recommend steps call, on the training rows only.
+    ``population`` is the number of students the cluster step fits (default:
+    those of ``train``); it picks the estimator, so that an evaluation on a
+    sample of a large population measures mini-batch k-means when the
+    pipeline uses it.
 
     Returns
     -------
@@ -259,7 +267,9 @@ def recommend_clusters(
     means, _, factors = student_features(train, courses, settings)
     matrix = stack_features(means, factors, settings.category_weight)
     k, distinct, choice = resolve_k(matrix, settings)
-    model = fit_kmeans(matrix, k, settings.random_state, settings.minibatch_above)
+    population = train.n_students if population is None else population
+    minibatch = population > settings.minibatch_above
+    model = fit_kmeans(matrix, k, settings.random_state, minibatch)
     ranked = rank_for_clusters(
         train, model.labels_.astype(np.int32), settings.mastery_threshold, K
     )
@@ -270,6 +280,7 @@ def recommend_clusters(
         "distinct_profiles": distinct,
         "k_choice": choice,
         "features": matrix.shape[1],
+        "estimator": type(model).__name__,
     }
     return lists[students], details
 
@@ -370,14 +381,17 @@ def sample_students(
     data: Encoded,
     timestamps: np.ndarray | None,
     random_state: int,
-    limit: int = MAX_TRAIN_STUDENTS,
+    limit: int | None = None,
 ) -> tuple[Encoded, np.ndarray | None]:
     """Keep a seeded sample of ``limit`` students with all their rows.
+
+    ``limit`` defaults to :data:`MAX_TRAIN_STUDENTS`.
 
     The evaluation rebuilds features and clusters from its training rows;
     above ``limit`` students it does so on a sample, whose figures estimate
     the whole population's at a fraction of the cost.
     """
+    limit = MAX_TRAIN_STUDENTS if limit is None else limit
     if data.n_students <= limit:
         return data, timestamps
     rng = np.random.default_rng(random_state)
@@ -448,7 +462,7 @@ def evaluate_data(
             lists = np.zeros((0, K), dtype=np.int64)
         elif method == "clusters":
             lists, details["clusters"] = recommend_clusters(
-                train, courses, truth.students, settings
+                train, courses, truth.students, settings, population=n_students
             )
         elif method == "popularity":
             lists = recommend_popular(train, truth.students, settings)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -494,3 +495,23 @@ def test_sample_students_keeps_every_row_of_the_chosen_students() -> None:
     assert len(sampled_times) == len(sampled.student)
     same, _ = sample_students(data, None, random_state=0, limit=4)
     assert same is data
+
+
+def test_evaluation_of_a_sample_fits_the_estimator_of_the_population(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A population above minibatch_above is clustered with mini-batch
+    # k-means by the pipeline; its evaluation, on a smaller sample, must
+    # measure the same estimator.
+    from recs import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "MAX_TRAIN_STUDENTS", 120)
+    courses, progress = _synthetic(n_students=240)
+    settings = Settings(n_clusters=3, svd_min_students=50, minibatch_above=200)
+    data = encode(courses, progress)
+    report = evaluate_data(courses, data, settings)
+    details = report["details"]
+    assert details["students_sampled"] == 120
+    assert details["clusters"]["estimator"] == "MiniBatchKMeans"
+    small = evaluate_data(courses, data, replace(settings, minibatch_above=240))
+    assert small["details"]["clusters"]["estimator"] == "KMeans"
