@@ -110,7 +110,17 @@ def write_clean(
     paths = clean_paths(run)
     pq.write_table(courses, paths.courses)
     pq.write_table(pa.table({"student_id": students}), paths.students)
-    pq.write_table(progress, paths.progress)
+    # Read whole by three steps, never filtered: no statistics. Student codes
+    # and row numbers mostly grow by small steps, which delta encoding packs
+    # into a few bits (half the file, and faster to read than dictionaries).
+    deltas = [c for c in ("student", "row_number") if c in progress.column_names]
+    pq.write_table(
+        progress,
+        paths.progress,
+        use_dictionary=["course"],
+        column_encoding=dict.fromkeys(deltas, "DELTA_BINARY_PACKED"),
+        write_statistics=False,
+    )
     return paths
 
 
