@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ logger = logging.getLogger(__name__)
 
 GRAM_MAX_COURSES = 2_000
 GRAM_BLOCK_CELLS = 1 << 20
+# Rows per block of the blockwise products and writes. Each block's
+# temporaries are a few MB that the next block reuses: on a million
+# students, whole-matrix temporaries were most of this step's time (fresh
+# pages cost page faults, not arithmetic).
+ROW_BLOCK = 1 << 16
+WRITE_ROWS = 1 << 18
+
+
+def _row_blocks(n_rows: int, size: int | None = None) -> Iterator[slice]:
+    size = size or ROW_BLOCK
+    return (slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size))
 
 
 def course_categories(
@@ -103,19 +115,22 @@ def category_means(
     from scipy import sparse
 
     # Sums and counts per (student, category) as two products with the
-    # course x category membership matrix: linear in rows, no row expansion.
-    # Counts are small integers, exact in float32; the sums are divided in
-    # place. Fresh memory is what this step pays for most (page faults).
+    # course x category membership matrix, block by block of students:
+    # linear in rows, no row expansion. Counts are small integers, exact in
+    # float32.
     membership = np.zeros((matrix.shape[1], n_categories))
     membership[pair_course, pair_category] = 1.0
-    taken = sparse.csr_matrix(
-        (np.ones(matrix.nnz, np.float32), matrix.indices, matrix.indptr),
-        shape=matrix.shape,
-    )
-    means = np.asarray(matrix @ membership)
-    hits = np.asarray(taken @ membership.astype(np.float32))
-    del taken
-    np.divide(means, hits, out=means, where=hits > 0)
+    counted = membership.astype(np.float32)
+    means = np.zeros((matrix.shape[0], n_categories))
+    for block in _row_blocks(matrix.shape[0]):
+        rows = matrix[block]
+        taken = sparse.csr_matrix(
+            (np.ones(rows.nnz, np.float32), rows.indices, rows.indptr),
+            shape=rows.shape,
+        )
+        hits = np.asarray(taken @ counted)
+        sums = np.asarray(rows @ membership)
+        np.divide(sums, hits, out=means[block], where=hits > 0)
     return means
 
 
@@ -136,15 +151,24 @@ def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndar
     if n_components < 1:
         return np.zeros((n_students, 0), dtype=np.float32)
     if n_courses <= GRAM_MAX_COURSES:
+        from scipy import sparse
+
         components = top_right_singular_vectors(matrix, n_components)
-        factors = np.asarray(matrix @ components.T).astype(np.float32)
+        # The projection in float32, the factors' own type: three times
+        # faster than in float64, and no float64 copy of the result.
+        single = sparse.csr_matrix(
+            (matrix.data.astype(np.float32), matrix.indices, matrix.indptr),
+            shape=matrix.shape,
+        )
+        factors = np.asarray(single @ components.T.astype(np.float32))
     else:
         from sklearn.decomposition import TruncatedSVD
 
         svd = TruncatedSVD(n_components=n_components, random_state=random_state)
         factors = svd.fit_transform(matrix.astype(np.float32)).astype(np.float32)
-    norms = np.linalg.norm(factors, axis=1, keepdims=True)
-    # A student without progress keeps an all-zero row.
+    # Row norms without np.linalg.norm's temporary of squares (a matrix as
+    # large as the factors); a student without progress keeps a zero row.
+    norms = np.sqrt(np.einsum("ij,ij->i", factors, factors))[:, None]
     return np.divide(factors, norms, out=factors, where=norms > 0)
 
 
@@ -282,11 +306,21 @@ def write_matrix(
 
     Written plain, without dictionaries or compression: distinct floats
     and ids shrink little, and encoding them cost more than the rest of the
-    write and of the read that follows.
+    write and of the read that follows. Rows go out a row group at a time,
+    so the column copies of one group reuse the memory of the last.
     """
-    columns = np.ascontiguousarray(matrix.T)
-    table = pa.table(
-        [student_ids, *(pa.array(column) for column in columns)],
-        names=["student_id", *names],
+    schema = pa.schema(
+        [("student_id", student_ids.type),
+         *((name, pa.from_numpy_dtype(matrix.dtype)) for name in names)]
     )
-    pq.write_table(table, path, use_dictionary=False, compression="none")
+    with pq.ParquetWriter(
+        path, schema, use_dictionary=False, compression="none"
+    ) as writer:
+        for block in _row_blocks(len(matrix), WRITE_ROWS):
+            columns = np.ascontiguousarray(matrix[block].T)
+            writer.write_table(
+                pa.Table.from_arrays(
+                    [student_ids[block], *(pa.array(c) for c in columns)],
+                    schema=schema,
+                )
+            )
