@@ -143,3 +143,39 @@ def test_count_codes_equals_bincount_across_slices(
     codes = np.random.default_rng(1).integers(0, 9, 100).astype(np.int32)
     counts = clean.count_codes(codes, 12)
     assert counts.tolist() == np.bincount(codes, minlength=12).tolist()
+
+
+def test_category_means_and_gram_match_a_loop_over_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scipy import sparse
+
+    from recs import features
+
+    rng = np.random.default_rng(5)
+    n_students, n_courses = 700, 9
+    student = np.sort(rng.integers(0, n_students, 4_000)).astype(np.int32)
+    course = rng.integers(0, n_courses, 4_000).astype(np.int32)
+    progress = rng.choice([0.0, 0.3, 0.8, 1.0], 4_000)  # 0% still counts as taken
+    indptr = np.searchsorted(student, np.arange(n_students + 1))
+    matrix = sparse.csr_matrix(
+        (progress, course, indptr), shape=(n_students, n_courses)
+    )
+    pair_course = np.array([0, 1, 1, 2, 5, 8], np.int32)
+    pair_category = np.array([0, 0, 1, 2, 2, 3], np.int32)
+    # Small blocks, so that every product runs over several.
+    monkeypatch.setattr(features, "GRAM_BLOCK_CELLS", 5 * n_courses)
+    monkeypatch.setattr(features, "ROW_BLOCK", 64)
+
+    means = category_means(matrix, pair_course, pair_category, 4)
+    gram = features.gram_matrix(matrix)
+
+    assert np.allclose(gram, (matrix.T @ matrix).toarray(), rtol=1e-12, atol=0)
+    hits = np.zeros((n_students, 4))
+    sums = np.zeros((n_students, 4))
+    for s, c, p in zip(student, course, progress, strict=True):
+        for cat in pair_category[pair_course == c]:
+            hits[s, cat] += 1
+            sums[s, cat] += p
+    expected = np.divide(sums, hits, out=np.zeros_like(sums), where=hits > 0)
+    assert np.allclose(means, expected, rtol=0, atol=1e-12)
