@@ -125,6 +125,11 @@ def worker(kind: str, spec_path: Path) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = json.loads(spec_path.read_text())
     result: dict[str, Any] = {}
+    # Steps, anchors and the baseline all allocate Arrow memory from the
+    # pool the pipeline uses, so that they are compared on equal terms.
+    from recs.pipeline import use_arrow_memory_pool
+
+    use_arrow_memory_pool()
     try:
         result = WORKERS[kind](spec)
     except Exception as err:

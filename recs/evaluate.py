@@ -659,8 +659,10 @@ def evaluate_sources(
         The report of :func:`evaluate_data`.
     """
     from recs.extract import extract
+    from recs.pipeline import use_arrow_memory_pool
     from recs.validate import validate
 
+    use_arrow_memory_pool()
     run = RunContext.create(settings.data_root, ds)
     extract(run, settings)
     validate(run, settings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,6 +91,26 @@ def start_run(run: RunContext, settings: Settings) -> None:
         )
 
 
+def use_arrow_memory_pool() -> str:
+    """Take Arrow's buffers from jemalloc, unless ``ARROW_DEFAULT_MEMORY_POOL`` is set.
+
+    Arrow's default pool, mimalloc, hands freed memory back to the system
+    within milliseconds, so a step that allocates and frees gigabytes keeps
+    asking for fresh pages. Where those are costly (virtual machines that
+    report free pages to their host), the million-student steps were
+    measured 10-25% faster with jemalloc, which keeps freed pages for a
+    while. Returns the name of the pool in use.
+    """
+    import pyarrow as pa
+
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        try:
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+        except NotImplementedError:  # a pyarrow built without jemalloc
+            logger.debug("jemalloc is not available; Arrow keeps its default pool")
+    return pa.default_memory_pool().backend_name
+
+
 def run_step(name: str, run: RunContext, settings: Settings) -> dict[str, Any]:
     """Run one step; on failure, record it in the ledger and re-raise.
 
@@ -98,6 +119,7 @@ def run_step(name: str, run: RunContext, settings: Settings) -> dict[str, Any]:
     dict
         The step's summary (small: counts, paths, metrics, seconds).
     """
+    use_arrow_memory_pool()
     function = _step_function(name)
     started = time.perf_counter()
     try:

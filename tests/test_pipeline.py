@@ -80,3 +80,21 @@ def test_ledger_records_rows_in_and_out(tmp_path: Path) -> None:
     assert row.status == "published"
     assert (row.rows_in, row.rows_out) == (100 + 19951, 10000)
     assert row.students == 1000 and row.quarantined == 0
+
+
+def test_steps_take_arrow_memory_from_jemalloc_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pyarrow as pa
+
+    from recs.pipeline import use_arrow_memory_pool
+
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+        assert use_arrow_memory_pool() == "jemalloc"
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        assert use_arrow_memory_pool() == "system"
+    finally:
+        pa.set_memory_pool(before)
