@@ -156,7 +156,6 @@ _METRIC_COLUMNS = ("n_clusters", "inertia", "silhouette", "recall_at_10")
 _LEDGER_LOCK = 0x7265_6373  # "recs": PostgreSQL advisory lock of ledger writers
 _SWITCH_LOCK_TIMEOUT = "2s"  # longest time readers queue behind the view switch
 _SWITCH_ATTEMPTS = 10
-_INDEX_MEMORY = "256MB"
 _KEY_PART = re.compile(r"[^a-z0-9]+")
 _RUN_TABLE = re.compile(
     r"^(" + "|".join(READER_TABLES) + r")__([a-z0-9_]+)$"
@@ -692,9 +691,6 @@ def _index_table(conn: sa.Connection, name: str, key: str) -> None:
         sa.MetaData(),
         *(sa.Column(c, t) for c, t, _ in READER_COLUMNS[name]),
     )
-    if conn.dialect.name == "postgresql":
-        # The default 64MB makes a 1M-row index build spill to disk (2x slower).
-        conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{_INDEX_MEMORY}'")
     for suffix, columns, unique in _INDEXES[name]:
         index = sa.Index(
             f"ix_{key}_{suffix}", *(table.c[c] for c in columns), unique=unique
