@@ -1173,12 +1173,37 @@ def _load_table(
     cursor = dbapi.cursor()
     try:
         for batch in _read_batches(path, types, constants):
-            values = (c.to_pylist() for c in batch.columns)
+            values = [_python_values(column) for column in batch.columns]
             cursor.executemany(sql, zip(*values, strict=True))
             rows += batch.num_rows
     finally:
         cursor.close()
     return rows
+
+
+def _python_values(column: pa.Array) -> list[Any]:
+    """A column as a list of Python values (None for nulls), for executemany.
+
+    Text is looked up through a dictionary, so each distinct value becomes
+    one Python string shared by its rows, and numbers go through NumPy:
+    ``to_pylist`` built an Arrow scalar per value and took 5 s of a SQLite
+    load's 6.5 s per million recommendation rows.
+    """
+    import numpy as np
+
+    kind = column.type
+    if pa.types.is_dictionary(kind) or pa.types.is_string(kind):
+        encoded = column
+        if not pa.types.is_dictionary(kind):
+            encoded = pc.dictionary_encode(column)
+        words = np.empty(len(encoded.dictionary) + 1, dtype=object)
+        words[:-1] = encoded.dictionary.to_pylist()  # the last one stays None
+        indices = pc.fill_null(encoded.indices, -1).to_numpy()
+        return words[indices].tolist()
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    if column.null_count or not numeric:
+        return column.to_pylist()
+    return column.to_numpy().tolist()
 
 
 def _quote(conn: sa.Connection, name: str) -> str:

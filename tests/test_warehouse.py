@@ -813,3 +813,23 @@ def test_publish_run_waits_briefly_for_long_postgres_readers(
     reader.join()
     assert warehouse.current_run(engine)["run_id"] == "d2"
     assert len(run_tables(engine)) == 8
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array(["a", None, "b", "a", ""]),
+        pa.array(["x", "y", None]).dictionary_encode(),
+        pa.array([3, 1, 2], pa.int32()),
+        pa.array([1, None, 3], pa.int64()),
+        pa.array([0.25, 1e-300, -0.0]),
+        pa.array([], pa.string()),
+    ],
+)
+def test_python_values_equal_to_pylist(column: pa.Array) -> None:
+    values = warehouse._python_values(column)
+    expected = (
+        column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+    ).to_pylist()
+    assert values == expected
+    assert [type(v) for v in values] == [type(v) for v in expected]
