@@ -22,19 +22,28 @@ SILHOUETTE_SAMPLE = 5_000
 
 def feature_matrix(
     run: RunContext, settings: Settings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Student ids and the clustering matrix (category means, then factors)."""
+) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Student ids and the clustering matrix (category means, then factors).
+
+    The matrix is filled column by column straight from the Parquet tables,
+    without intermediate copies of a million-row matrix.
+    """
     category_path = run.partition("features", "student_category") / "features.parquet"
     table = pq.read_table(category_path)
-    students = table.column("student_id").to_numpy(zero_copy_only=False).astype(str)
-    means = _columns(table)
-    factors = None
+    factor_table = None
     factor_path = run.partition("features", "student_factors") / "factors.parquet"
     if factor_path.exists():
         factor_table = pq.read_table(factor_path)
-        if factor_table.num_rows == table.num_rows:
-            factors = _columns(factor_table)
-    return students, stack_features(means, factors, settings.category_weight)
+        if factor_table.num_rows != table.num_rows:
+            factor_table = None
+    n_means = table.num_columns - 1
+    n_factors = 0 if factor_table is None else factor_table.num_columns - 1
+    matrix = np.empty((table.num_rows, n_means + n_factors), np.float32)
+    _fill_columns(matrix[:, :n_means], table)
+    matrix[:, :n_means] *= np.float32(settings.category_weight)
+    if factor_table is not None:
+        _fill_columns(matrix[:, n_means:], factor_table)
+    return table.column("student_id"), matrix
 
 
 def stack_features(
@@ -50,23 +59,29 @@ def stack_features(
         Unit-length course factors, when there are any.
     category_weight : float
         Multiplies the category block; 0 clusters on the factors alone.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n_students, n_categories + n_factors)
     """
-    blocks = [means.astype(np.float32) * np.float32(category_weight)]
-    if factors is not None and factors.shape[1] > 0:
-        blocks.append(factors.astype(np.float32))
-    return np.ascontiguousarray(np.hstack(blocks))
+    n_means = means.shape[1]
+    n_factors = 0 if factors is None else factors.shape[1]
+    matrix = np.empty((len(means), n_means + n_factors), np.float32)
+    # Cast, then weigh in float32: the same rounding as feature_matrix.
+    matrix[:, :n_means] = means
+    matrix[:, :n_means] *= np.float32(category_weight)
+    if n_factors:
+        matrix[:, n_means:] = factors
+    return matrix
 
 
-def _columns(table: pa.Table) -> np.ndarray:
-    """Every column but the first (the id) as one float32 matrix."""
-    if table.num_columns < 2:
-        return np.zeros((table.num_rows, 0), np.float32)
-    return np.column_stack(
-        [
-            table.column(name).to_numpy().astype(np.float32)
-            for name in table.column_names[1:]
-        ]
-    )
+def _fill_columns(out: np.ndarray, table: pa.Table) -> None:
+    """Copy every column but the first (the id) of ``table`` into ``out``."""
+    for index, name in enumerate(table.column_names[1:]):
+        start = 0
+        for chunk in table.column(name).chunks:
+            out[start : start + len(chunk), index] = chunk.to_numpy()
+            start += len(chunk)
 
 
 def count_distinct_rows(matrix: np.ndarray) -> int:
@@ -195,7 +210,7 @@ def fit_clusters(run: RunContext, settings: Settings) -> dict[str, Any]:
     score = silhouette(matrix, labels, settings.random_state)
     assignments = pa.table(
         {
-            "student_id": pa.array(students, pa.string()),
+            "student_id": students,
             "cluster_id": pa.array(labels),
         }
     )

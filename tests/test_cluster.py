@@ -74,3 +74,30 @@ def test_count_distinct_rows() -> None:
     matrix = np.array([[0, 1], [0, 1], [1, 0]], dtype=np.float32)
     assert count_distinct_rows(matrix) == 2
     assert count_distinct_rows(matrix[:0]) == 0
+
+
+def test_feature_matrix_of_a_run_equals_stack_features_of_its_arrays(
+    run: RunContext, settings: Settings
+) -> None:
+    # The evaluation stacks in-memory features; the cluster step reads the
+    # written ones. Both must give the clustering matrix bit for bit.
+    from recs.clean import read_encoded
+    from recs.cluster import feature_matrix, stack_features
+    from recs.features import student_features
+
+    rng = np.random.default_rng(4)
+    progress = pd.DataFrame({
+        "student_id": [f"S{i:03d}" for i in range(150) for _ in range(3)],
+        "course_id": ["C1", "C2", "C3"] * 150,
+        "progress": rng.uniform(0, 1, 450),
+    })
+    settings = settings.replace(svd_min_students=100, category_weight=0.3)
+    write_clean(run, COURSES, progress)
+    build_features(run, settings)
+    students, matrix = feature_matrix(run, settings)
+    courses, data = read_encoded(run)
+    means, _, factors = student_features(data, courses, settings)
+    assert factors is not None and factors.shape[1] > 0
+    assert matrix.dtype == np.float32
+    assert np.array_equal(matrix, stack_features(means, factors, 0.3))
+    assert students.to_pylist() == list(data.students)
