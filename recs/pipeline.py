@@ -98,7 +98,7 @@ def use_arrow_memory_pool() -> str:
     within milliseconds, so a step that allocates and frees gigabytes keeps
     asking for fresh pages. Where those are costly (virtual machines that
     report free pages to their host), the million-student steps were
-    measured 10-25% faster with jemalloc, which keeps freed pages for a
+    measured 10-20% faster with jemalloc, which keeps freed pages for a
     while. Returns the name of the pool in use.
     """
     import pyarrow as pa
