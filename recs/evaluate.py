@@ -493,9 +493,11 @@ def apply_gate(
 
     The gate fails when the clusters' recall@10 is below popularity's, or
     below the last published run's by more than ``settings.max_recall_drop``
-    (relative). It is skipped with fewer than ``settings.min_eval_students``
-    evaluated students, and overridden (recorded, not blocking) when
-    ``settings.quality_gate`` is False.
+    (relative). With fewer than ``settings.min_eval_students`` evaluated
+    students it is skipped, unless a run with figures is published: then it
+    fails, since that run would be replaced by one nobody measured. It is
+    overridden (recorded, not blocking) when ``settings.quality_gate`` is
+    False.
 
     Returns
     -------
@@ -513,12 +515,30 @@ def apply_gate(
         "max_recall_drop": settings.max_recall_drop,
     }
     if n < settings.min_eval_students:
-        why = (
+        few = (
             f"only {n} students have at least {settings.min_mastered_for_eval} "
             f"mastered courses to evaluate, fewer than min_eval_students="
-            f"{settings.min_eval_students}; figures recorded, not gated"
+            f"{settings.min_eval_students}"
         )
-        return {"status": "skipped", "why": why, **figures}
+        if previous_recall is None:
+            why = f"{few}; figures recorded, not gated"
+            return {"status": "skipped", "why": why, **figures}
+        # The published run could be measured and this one cannot: a sign
+        # that the data or the settings changed (a wrong progress scale, say,
+        # leaves nobody with a mastered course), not a run to publish blind.
+        why = (
+            f"{few}, where the published run scored recall@10 "
+            f"{previous_recall:.4f}: check the progress format and scale, or "
+            "turn the gate off for this run if the change is intended"
+        )
+        if not settings.quality_gate:
+            return {
+                "status": "overridden",
+                "why": f"quality gate turned off for this run: {why}",
+                "would_fail": True,
+                **figures,
+            }
+        return {"status": "failed", "why": why, **figures}
     failures = []
     if recall < baseline:
         failures.append(
@@ -589,10 +609,7 @@ def evaluate_run(run: RunContext, settings: Settings) -> dict[str, Any]:
     report_path.write_text(json.dumps(report, indent=2))
     logger.info("wrote the evaluation report to %s", report_path)
 
-    previous = None
-    if report["students_evaluated"] >= settings.min_eval_students:
-        previous = last_published_recall(settings)
-    gate = apply_gate(report, previous, settings)
+    gate = apply_gate(report, last_published_recall(settings), settings)
     summary = {
         "metrics": report["clusters"],
         "baselines": {m: report[m] for m in METHODS if m != "clusters"},

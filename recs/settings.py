@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 PROGRESS_FORMATS = ("percent", "number")
@@ -148,12 +153,12 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(ENV_PREFIX + f.name.upper())
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        for name in names:
+            raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[f.name] = _parse(f.name, raw, f.type)
+                values[name] = _parse(name, raw, None)
+        _warn_unknown_variables(env, names)
         for name, value in overrides.items():
             if value is None:
                 continue
@@ -223,6 +228,20 @@ _FLOAT_FIELDS = {
 }
 _TUPLE_FIELDS = {"no_category_values", "null_values", "auto_k_range"}
 _BOOL_FIELDS = {"quality_gate"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# RECS_* variables that name no setting but are read elsewhere.
+_OTHER_VARIABLES = {"RECS_TEST_POSTGRES_URL", "RECS_BENCH_PG_URL", "RECS_SHARED_DIR"}
+
+
+def _warn_unknown_variables(env: Mapping[str, str], names: list[str]) -> None:
+    """Log each ``RECS_*`` variable that names no setting (a typo is ignored)."""
+    known = {ENV_PREFIX + name.upper() for name in names} | _OTHER_VARIABLES
+    for variable in sorted(v for v in env if v.startswith(ENV_PREFIX)):
+        if variable not in known:
+            close = difflib.get_close_matches(variable, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("ignoring %s: no such setting%s", variable, hint)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -248,7 +267,12 @@ def _parse(name: str, raw: str, _type: Any) -> Any:
         if name in _TUPLE_FIELDS:
             return tuple(v.strip() for v in raw.split(","))
         if name in _BOOL_FIELDS:
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
+            word = raw.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError(
+                    f"expected one of {sorted(_TRUE)} or {sorted(_FALSE)}"
+                )
+            return word in _TRUE
     except ValueError as err:
         raise ValueError(f"setting {name}: cannot read {raw!r}: {err}") from None
     if name in {

@@ -291,10 +291,26 @@ def test_apply_gate_fails_on_a_drop_from_the_last_published_run() -> None:
     assert tolerated["status"] == "passed"
 
 
-def test_apply_gate_skips_with_too_few_students() -> None:
-    gate = apply_gate(_report(0.1, 0.2, students=12), 0.5, Settings())
+def test_apply_gate_skips_with_too_few_students_and_nothing_measured_before() -> None:
+    gate = apply_gate(_report(0.1, 0.2, students=12), None, Settings())
     assert gate["status"] == "skipped"
     assert "only 12 students" in gate["why"] and "min_eval_students=30" in gate["why"]
+
+
+def test_apply_gate_fails_when_too_few_students_would_replace_a_measured_run() -> (
+    None
+):
+    # A wrong progress scale leaves nobody with a mastered course: the run
+    # cannot be measured, and must not replace one that was.
+    gate = apply_gate(_report(0.0, 0.0, students=0), 0.18, Settings())
+    assert gate["status"] == "failed"
+    assert "only 0 students" in gate["why"]
+    assert "published run scored recall@10 0.1800" in gate["why"]
+    assert "progress format and scale" in gate["why"]
+    turned_off = apply_gate(
+        _report(0.0, 0.0, students=0), 0.18, Settings(quality_gate=False)
+    )
+    assert turned_off["status"] == "overridden" and turned_off["would_fail"]
 
 
 def test_apply_gate_overridden_when_turned_off() -> None:

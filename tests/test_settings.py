@@ -48,3 +48,25 @@ def test_public_dict_masks_passwords() -> None:
     )
     assert "s3cret" not in str(settings.public_dict())
     assert mask_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+def test_from_env_warns_about_a_misspelt_variable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="recs.settings"):
+        settings = Settings.from_env(env={"RECS_PROGRES_SCALE": "5"})
+    assert settings.progress_scale == 100.0
+    assert "ignoring RECS_PROGRES_SCALE" in caplog.text
+    assert "did you mean RECS_PROGRESS_SCALE?" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("true", True), ("Off", False), ("0", False)]
+)
+def test_from_env_reads_booleans(raw: str, value: bool) -> None:
+    assert Settings.from_env(env={"RECS_QUALITY_GATE": raw}).quality_gate is value
+
+
+def test_from_env_refuses_a_boolean_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match=r"setting quality_gate: cannot read 'ture'"):
+        Settings.from_env(env={"RECS_QUALITY_GATE": "ture"})
