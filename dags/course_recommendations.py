@@ -94,7 +94,20 @@ PARAMS = {
 
 
 def _settings() -> Any:
-    """Settings for this run: environment, then connections, then params."""
+    """Settings for this run: environment, then connections, then params.
+
+    A setting that is unknown or cannot be read fails the task at once:
+    retrying cannot fix it.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return _read_settings()
+    except (TypeError, ValueError) as err:
+        raise AirflowFailException(f"bad settings: {err}") from err
+
+
+def _read_settings() -> Any:
     from recs.settings import Settings
 
     params = dict(get_current_context()["params"])

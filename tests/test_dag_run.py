@@ -33,7 +33,9 @@ def _airflow_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _airflow(env: dict[str, str], *args: str, timeout: int = 600) -> str:
+def _airflow(
+    env: dict[str, str], *args: str, timeout: int = 600, succeed: bool = True
+) -> str:
     done = subprocess.run(
         [AIRFLOW, *args],
         env=env,
@@ -43,7 +45,7 @@ def _airflow(env: dict[str, str], *args: str, timeout: int = 600) -> str:
         timeout=timeout,
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    assert (done.returncode == 0) == succeed, output[-4000:]
     return output
 
 
@@ -67,3 +69,16 @@ def test_dags_test_runs_every_task_and_publishes(tmp_path: Path) -> None:
     assert [tuple(r) for r in runs] == [("published", "2026-12-03")]
     assert students == 1000
     assert max_rank == 10
+
+
+def test_dags_test_fails_a_bad_setting_at_once(tmp_path: Path) -> None:
+    env = _airflow_env(tmp_path)
+    _airflow(env, "db", "migrate")
+    conf = '{"settings": {"bogus_setting": 1}}'
+    output = _airflow(
+        env, "dags", "test", "course_recommendations", "2026-12-03", "--conf", conf,
+        succeed=False,
+    )
+    assert "bad settings: unknown setting 'bogus_setting'" in output
+    assert "new_state=failed" in output
+    assert "up_for_retry" not in output  # retrying cannot fix a setting
