@@ -267,9 +267,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"  inputs:              {source}")
     print(f"  progress rows in:    {validate['progress']['rows']}")
+    progress, courses = validate["progress"], validate["courses"]
     print(
-        f"  quarantined rows:    {validate['progress']['quarantined']} progress, "
-        f"{validate['courses']['quarantined']} courses"
+        f"  quarantined rows:    {progress['quarantined']} progress, "
+        f"{courses['quarantined']} courses ({progress['bad']} + {courses['bad']} "
+        "bad source rows)"
     )
     print(
         f"  students:            {results['cluster']['students']} in "

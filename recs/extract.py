@@ -23,9 +23,17 @@ logger = logging.getLogger(__name__)
 
 COURSE_COLUMNS = ("course_id", "title", "categories")
 PROGRESS_COLUMNS = ("student_id", "course_id", "progress", "timestamp")
-REJECT_SCHEMA = pa.schema(
-    [("row_number", pa.int64()), ("text", pa.string()), ("reason", pa.string())]
-)
+# Rows the CSV parser could not split into the header's fields. ``lines`` is
+# how many source rows one covers: more than one when an unbalanced quote
+# made the parser read on into the following rows.
+REJECT_SCHEMA = pa.schema([
+    ("row_number", pa.int64()),
+    ("text", pa.string()),
+    ("reason", pa.string()),
+    ("lines", pa.int64()),
+])
+# Longest text of a malformed row kept in the quarantine and in messages.
+REJECT_TEXT_CHARS = 200
 # A raw snapshot is written as one Parquet part per CPU (in parallel), each
 # part holding at least this many rows; parts are read back in name order.
 PART_MIN_ROWS = 1 << 20
@@ -126,24 +134,37 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
         write_snapshot(table, data_path)
         pq.write_table(rejects, rejects_path)
         phases["write"] += time.perf_counter() - mark
+        malformed = malformed_rows(rejects)
+        if malformed:
+            first = rejects.slice(0, 1).to_pylist()[0]
+            logger.warning(
+                "%s: %d malformed rows set aside for the quarantine; first, row "
+                "%s: %s", _describe(location, settings), malformed,
+                first["row_number"], first["reason"],
+            )
         logger.info(
             "read %d %s rows from %s (%d malformed) into %s",
             table.num_rows,
             kind,
             _describe(location, settings),
-            rejects.num_rows,
+            malformed,
             data_path.parent,
         )
         summary[kind] = {
             "location": _describe(location, settings),
-            "rows": table.num_rows + rejects.num_rows,
-            "malformed": rejects.num_rows,
+            "rows": table.num_rows + malformed,
+            "malformed": malformed,
             "path": str(data_path),
         }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
     run.write_summary("extract", summary)
     return summary
+
+
+def malformed_rows(rejects: pa.Table) -> int:
+    """Source rows the malformed records of ``rejects`` cover."""
+    return int(pc.sum(rejects.column("lines")).as_py() or 0)
 
 
 def raw_paths(run: RunContext, kind: str) -> tuple[Path, Path]:
@@ -260,7 +281,8 @@ def _read_head(location: str) -> bytes:
         while True:
             piece = handle.read(1 << 16)
             pieces += piece
-            if not piece or (b"\n" in pieces and pieces.strip(_BLANK)):
+            ends_line = b"\n" in pieces or b"\r" in pieces
+            if not piece or (ends_line and pieces.strip(_BLANK)):
                 return bytes(pieces)
 
 
@@ -291,7 +313,13 @@ def _read_csv(
         data = pa.py_buffer(_read_all(location))
         table, rejects = _parse_csv(data, header, markers, location, fast=False)
     reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-    numbers = _row_numbers(table.num_rows, [r["row_number"] for r in rejects])
+    covered = [
+        number
+        for r in rejects
+        if r["row_number"] is not None
+        for number in range(r["row_number"], r["row_number"] + r["lines"])
+    ]
+    numbers = _row_numbers(table.num_rows, covered)
     table = table.append_column("row_number", numbers)
     return table, reject_table, bool(markers)
 
@@ -331,18 +359,31 @@ def _parse_csv(
     # Without markers, Arrow's default null values still apply to any column
     # whose type is inferred (not named in the header), as they always have.
     nulls = {"null_values": markers} if markers else {}
+    # Source rows that unbalanced quotes folded into earlier records, so that
+    # later records keep the row numbers of the rows they are.
+    folded = 0
 
     def on_invalid(row: Any) -> str:
-        rejects.append(
-            {
-                "row_number": (row.number - 1) if row.number is not None else None,
-                "text": row.text,
-                "reason": (
-                    f"malformed row: expected {row.expected_columns} fields, "
-                    f"found {row.actual_columns}"
-                ),
-            }
+        nonlocal folded
+        text = row.text or ""
+        lines = text.count("\n") + 1
+        number = None if row.number is None else row.number - 1 + folded
+        reason = (
+            f"malformed row: expected {row.expected_columns} fields, "
+            f"found {row.actual_columns}"
         )
+        if lines > 1 and number is not None:
+            reason = (
+                f"malformed row: rows {number} to {number + lines - 1} were read "
+                f"as one record, from a quote that opens on row {number}; "
+                f"expected {row.expected_columns} fields, found "
+                f"{row.actual_columns}"
+            )
+        rejects.append(
+            {"row_number": number, "text": _shorten(text), "reason": reason,
+             "lines": lines}
+        )
+        folded += lines - 1
         return "skip"
 
     try:
@@ -366,19 +407,28 @@ def _parse_csv(
     return table, rejects
 
 
+def _shorten(text: str) -> str:
+    if len(text) <= REJECT_TEXT_CHARS:
+        return text
+    return f"{text[:REJECT_TEXT_CHARS]}... ({len(text)} characters)"
+
+
 def _read_header(data: bytes, location: str) -> list[str]:
-    end = data.find(b"\n")
-    first = (data if end < 0 else data[:end]).removeprefix(b"\xef\xbb\xbf")
-    first = first.rstrip(b"\r")
+    """The column names on the first line (lines may end in LF, CRLF or CR)."""
+    import csv
+
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    first = data[: min(ends)] if ends else data
     try:
-        text = first.decode("utf-8")
+        text = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError:
         raise InputFileError(
             location, "header is not UTF-8 text; save the file as UTF-8"
         ) from None
-    import csv
-
-    return next(csv.reader([text]), [])
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as err:
+        raise InputFileError(location, f"cannot read the header: {err}") from None
 
 
 def _explain_csv_error(err: Exception, data: bytes) -> str:

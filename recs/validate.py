@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from recs.clean import count_codes, sorted_ids, write_clean
 from recs.context import RunContext
 from recs.errors import ValidationGateError
-from recs.extract import raw_paths, source_columns
+from recs.extract import malformed_rows, raw_paths, source_columns
 from recs.settings import Settings
 
 if TYPE_CHECKING:
@@ -866,9 +866,10 @@ def _deduplicate(
 def _report(
     source: str, table: pa.Table, rejects: pa.Table, result: _SourceResult
 ) -> _Report:
-    rows = table.num_rows + rejects.num_rows
+    malformed = malformed_rows(rejects)  # one reject may cover several rows
+    rows = table.num_rows + malformed
     quarantined = result.quarantine.num_rows + rejects.num_rows
-    bad = quarantined - result.duplicates
+    bad = result.quarantine.num_rows - result.duplicates + malformed
     counts: dict[str, Any] = {
         "rows": rows,
         "kept": result.clean.num_rows,
@@ -882,7 +883,7 @@ def _report(
     if rejects.num_rows:
         failures.insert(0, {
             "source": source, "expectation": "well-formed CSV row", "column": None,
-            "rows": rejects.num_rows,
+            "rows": malformed,
             "examples": [
                 {"row_number": r["row_number"], "value": r["text"]}
                 for r in rejects.slice(0, N_EXAMPLES).to_pylist()

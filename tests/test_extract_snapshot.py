@@ -233,3 +233,33 @@ def test_first_line_blank_keeps_inferred_columns(tmp_path: Path) -> None:
         {"student_id": "7", "course_id": "C1", "progress": None, "row_number": 1},
         {"student_id": "2", "course_id": "C1", "progress": None, "row_number": 2},
     ]
+
+
+def test_cr_line_endings_are_read(tmp_path: Path) -> None:
+    rows = _progress(tmp_path, b"studentId,courseId,progress\rS1,C1,50%\rS2,C1,60%\r")
+    assert [(r["student_id"], r["row_number"]) for r in rows] == [("S1", 1), ("S2", 2)]
+
+
+def test_an_unclosed_quote_counts_every_row_it_swallows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extract_module, "REJECT_TEXT_CHARS", 20)
+    lines = [f"S{i},C1,{i}%" for i in range(1, 11)]
+    lines[2] = "S3,C1,5%,extra"  # one malformed row before the quote
+    lines[6] = '"S7,C1,7%'  # the quote opens on row 7 and never closes
+    students = tmp_path / "students.csv"
+    students.write_bytes(HEADER + "\n".join(lines).encode() + b"\n")
+    settings = _settings(tmp_path, students)
+    run = RunContext.create(tmp_path, ds="2026-12-03")
+    summary = extract(run, settings)
+
+    assert summary["progress"]["rows"] == 10
+    assert summary["progress"]["malformed"] == 1 + 4
+    table, rejects = _read_raw(run, "progress")
+    assert table.column("row_number").to_pylist() == [1, 2, 4, 5, 6]
+    assert rejects.column("row_number").to_pylist() == [3, 7]
+    assert rejects.column("lines").to_pylist() == [1, 4]
+    swallowed = rejects.to_pylist()[1]
+    assert "rows 7 to 10 were read as one record" in swallowed["reason"]
+    assert swallowed["text"].startswith('"S7,C1,7%')
+    assert swallowed["text"].endswith("characters)")

@@ -445,3 +445,20 @@ def test_first_true_is_np_select_of_the_codes() -> None:
     conditions = [rng.random(500) > 0.7 for _ in range(6)]
     expected = np.select(conditions, [1, 2, 3, 4, 5, 6], default=0)
     assert (validate_module._first_true(conditions) == expected).all()
+
+
+def test_validate_counts_rows_an_unclosed_quote_swallowed_as_bad(
+    tmp_path: Path,
+) -> None:
+    lines = [f"S{i},C1,{i}%" for i in range(1, 41)]
+    lines[30] = '"S31,C1,31%'  # rows 31 to 40 are read as one record
+    progress = _write(
+        tmp_path / "students.csv",
+        "studentId,courseId,progress\n" + "\n".join(lines) + "\n",
+    )
+    run, settings = _run_files(tmp_path, _courses_csv(tmp_path / "c.csv"), progress)
+    with pytest.raises(ValidationGateError, match=r"10 of 40 rows bad \(25\.0%"):
+        validate(run, settings)
+    quarantine = _quarantine(run)
+    assert quarantine.row_number.tolist() == [31]
+    assert "rows 31 to 40 were read as one record" in quarantine.reason.iloc[0]
