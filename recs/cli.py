@@ -340,13 +340,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return 0
         print(
             f"{'run_id':<20} {'ds':<10} {'status':<11} {'current':<7} "
-            f"{'students':>8} {'recs':>8} {'quarant.':>8} {'k':>3} "
+            f"{'tables':<7} {'students':>8} {'recs':>8} {'quarant.':>8} {'k':>3} "
             f"{'recall@10':>9}  reason"
         )
         for row in rows:
+            # A run whose tables retention dropped cannot be rolled back to.
+            tables = "kept" if row.get("table_key") else "-"
             print(
                 f"{row['run_id']:<20} {row['ds']:<10} {row['status']:<11} "
-                f"{'yes' if row.get('is_current') else '':<7} "
+                f"{'yes' if row.get('is_current') else '':<7} {tables:<7} "
                 f"{_num(row.get('students')):>8} "
                 f"{_num(row.get('recommendations')):>8} "
                 f"{_num(row.get('quarantined')):>8} "

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "recs_schema_version"
 RUN_STATUSES = ("running", "published", "failed", "rolled_back", "superseded")
+# Runs whose tables are kept for rollback (a superseded run was published,
+# then replaced by a rerun of its date).
+_ROLLBACK_STATUSES = ("published", "superseded")
 BATCH_ROWS = 200_000
 
 # Columns of the run tables. The views add the run_id and generated_at stamps
@@ -506,7 +509,8 @@ def publish_run(
         the earlier attempt.
     ds : str
         The run date, ``YYYY-MM-DD``. An earlier published run of the same
-        date becomes ``superseded`` and its tables are dropped.
+        date becomes ``superseded``; its tables stay, within ``keep_runs``,
+        for :func:`rollback`.
     tables : dict of str to pathlib.Path
         Parquet file of each reader table: ``student_recommendations``,
         ``student_clusters``, ``cluster_categories``, ``popular_courses``,
@@ -847,9 +851,9 @@ def _drop_old_tables(engine: sa.Engine, keep_runs: int | None) -> list[str]:
     """Drop run tables not needed any more; return the run ids concerned.
 
     Kept: the current run's tables and those of the latest ``keep_runs``
-    published runs (all published runs when ``keep_runs`` is None). Every
-    other run table goes, including leftovers of earlier attempts that no
-    ledger row points at. A table a reader still holds is left for the next
+    published or superseded runs (all of them when ``keep_runs`` is None).
+    Every other run table goes, including leftovers of earlier attempts that
+    no ledger row points at. A table a reader still holds is left for the next
     publish to drop (PostgreSQL gives up after the lock timeout).
     """
     r = runs_table.c
@@ -861,7 +865,7 @@ def _drop_old_tables(engine: sa.Engine, keep_runs: int | None) -> list[str]:
             .where(r.table_key.is_not(None))
             .order_by(r.published_at.desc())
         ).all()
-        published = [row for row in ledger if row.status == "published"]
+        published = [row for row in ledger if row.status in _ROLLBACK_STATUSES]
         keep = {row.table_key for row in ledger if row.is_current}
         kept = published if keep_runs is None else published[:keep_runs]
         keep |= {row.table_key for row in kept}
@@ -901,7 +905,10 @@ def _drop_old_tables(engine: sa.Engine, keep_runs: int | None) -> list[str]:
 def rollback(engine: sa.Engine) -> dict:
     """Re-point the reader views at the previous retained published run.
 
-    The current run becomes ``rolled_back`` and its tables are dropped.
+    That is the latest run, other than the current one, that was published
+    and still has its tables, including one a rerun of its date superseded
+    (which is published again). The current run becomes ``rolled_back`` and
+    its tables are dropped.
 
     Parameters
     ----------
@@ -932,7 +939,7 @@ def rollback(engine: sa.Engine) -> dict:
         target = conn.execute(
             sa.select(r.run_id, r.ds, r.table_key, r.published_at)
             .where(
-                r.status == "published",
+                r.status.in_(_ROLLBACK_STATUSES),
                 r.is_current.is_(False),
                 r.table_key.is_not(None),
             )
@@ -954,7 +961,9 @@ def rollback(engine: sa.Engine) -> dict:
             )
         )
         conn.execute(
-            runs_table.update().where(r.run_id == target.run_id).values(is_current=True)
+            runs_table.update()
+            .where(r.run_id == target.run_id)
+            .values(is_current=True, status="published", reason=None)
         )
     logger.info(
         "rolled back run %s (ds=%s); run %s (ds=%s) is published again",

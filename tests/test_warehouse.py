@@ -367,15 +367,33 @@ def test_publish_run_same_ds_replaces_rows(engine: sa.Engine, tmp_path: Path) ->
     )
 
     assert result["superseded"] == ["first"]
-    assert "first" in result["dropped"]
+    assert result["dropped"] == []
     pd.testing.assert_frame_equal(view_rows(engine, "student_recommendations"), first)
     runs = {r["run_id"]: r for r in warehouse.recent_runs(engine)}
     assert runs["first"]["status"] == "superseded"
-    assert runs["first"]["table_key"] is None
     assert runs["second"]["is_current"]
+    assert len(run_tables(engine)) == 8  # the superseded run's, for rollback
+
+    # An operator can undo the rerun: the superseded run is published again.
+    assert warehouse.rollback(engine)["run_id"] == "first"
+    runs = {r["run_id"]: r for r in warehouse.recent_runs(engine)}
+    assert runs["first"]["status"] == "published" and runs["first"]["is_current"]
+    assert runs["second"]["status"] == "rolled_back"
     assert len(run_tables(engine)) == 4
-    with pytest.raises(NoPublishedRunError):
-        warehouse.rollback(engine)
+
+
+def test_superseded_runs_count_toward_keep_runs(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    for index, run_id in enumerate(("a", "b", "c")):
+        warehouse.publish_run(
+            engine, run_id, "2026-12-03", make_run(tmp_path / run_id), {},
+            keep_runs=2,
+        )
+        assert len(run_tables(engine)) == 4 * min(index + 1, 2)
+    runs = {r["run_id"]: r for r in warehouse.recent_runs(engine)}
+    assert runs["a"]["table_key"] is None  # beyond keep_runs: dropped
+    assert runs["b"]["status"] == "superseded" and runs["b"]["table_key"]
 
 
 def test_publish_run_same_run_id_again_replaces_attempt(
