@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -435,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader stopped early (``recs runs | head``): not an error. Point
+        # stdout at /dev/null so that the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # one clear line for the operator, details on -v
         print(f"recs {args.command}: error: {_explain(err)}", file=sys.stderr)
         if args.verbose:
