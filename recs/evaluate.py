@@ -640,18 +640,39 @@ def read_timestamps(run: RunContext) -> np.ndarray | None:
 def to_number(values: pd.Series) -> np.ndarray | None:
     """Timestamps (numbers, datetimes or ISO text) as float, NaN when unknown.
 
-    Returns None when no value could be read, so the split falls back to
-    random.
+    The column is read as numbers when most of its values are numbers, else
+    as ISO dates and times. Values that cannot be read are logged (they
+    count as the oldest in the split); when none can be, the split falls
+    back to random, with a warning, and None is returned.
     """
-    if not pd.api.types.is_datetime64_any_dtype(values):
+    given = int(values.notna().sum())
+    if pd.api.types.is_datetime64_any_dtype(values):
+        stamps = values if values.dt.tz is not None else values.dt.tz_localize("UTC")
+    else:
         numbers = pd.to_numeric(values, errors="coerce")
-        if numbers.notna().sum() >= values.notna().sum():
-            out = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-            return out if np.isfinite(out).any() else None
-    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        if given and numbers.notna().sum() * 2 >= given:
+            return _known_times(numbers.to_numpy(np.float64, na_value=np.nan), values)
+        stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
     seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    out = seconds.to_numpy(dtype=np.float64, na_value=np.nan)
-    return out if np.isfinite(out).any() else None
+    return _known_times(seconds.to_numpy(np.float64, na_value=np.nan), values)
+
+
+def _known_times(out: np.ndarray, values: pd.Series) -> np.ndarray | None:
+    unread = values.notna().to_numpy() & ~np.isfinite(out)
+    if not np.isfinite(out).any():
+        logger.warning(
+            "no timestamp could be read (e.g. %r): the holdout hides a random "
+            "share instead of the most recent mastered courses",
+            values.dropna().iloc[0] if values.notna().any() else None,
+        )
+        return None
+    if unread.any():
+        logger.warning(
+            "%d of %d timestamps could not be read (e.g. %r); those rows count "
+            "as the oldest in the holdout split",
+            int(unread.sum()), len(values), values[unread].iloc[0],
+        )
+    return out
 
 
 def evaluate_sources(

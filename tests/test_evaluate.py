@@ -531,3 +531,25 @@ def test_evaluation_of_a_sample_fits_the_estimator_of_the_population(
     assert details["clusters"]["estimator"] == "MiniBatchKMeans"
     small = evaluate_data(courses, data, replace(settings, minibatch_above=240))
     assert small["details"]["clusters"]["estimator"] == "KMeans"
+
+
+def test_to_number_reads_mostly_numeric_times_and_names_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    values = pd.Series(["1767312000", "yesterday", "1767398400", None])
+    with caplog.at_level("WARNING", logger="recs.evaluate"):
+        out = evaluate.to_number(values)
+    assert out is not None
+    assert out[0] == 1767312000 and out[2] == 1767398400
+    assert np.isnan(out[1]) and np.isnan(out[3])
+    assert "1 of 4 timestamps could not be read (e.g. 'yesterday')" in caplog.text
+
+
+def test_to_number_falls_back_to_random_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="recs.evaluate"):
+        assert evaluate.to_number(pd.Series(["soon", "later"])) is None
+    assert "no timestamp could be read (e.g. 'soon')" in caplog.text
+    iso = evaluate.to_number(pd.Series(["2026-01-02T00:00:00", "2026-01-03"]))
+    assert iso is not None and iso[1] - iso[0] == 86400
