@@ -662,6 +662,9 @@ def _check_progress(
                                    row_number, table.column(column))
             entry["record"]["distinct_values"] = len(dictionary)
             entry["record"]["failed_values"] = int(value_mask.sum())
+            hint = _progress_hint(kind, fmt)
+            if hint and column == "progress":
+                entry["failure"]["hint"] = hint
             failures.append(entry)
             checker.record(entry["record"])
     _check_parser_agrees(row_masks, parsed, encoded["progress"][0])
@@ -922,14 +925,37 @@ def _gate(reports: dict[str, _Report], settings: Settings) -> None:
         raise ValidationGateError(" | ".join(messages), failures=failures)
 
 
+def _progress_hint(expectation: str, fmt: ProgressFormat) -> str | None:
+    """What to check when progress values fail their format or range."""
+    if expectation == "expect_column_values_to_match_regex":
+        if fmt.name == "percent":
+            return (
+                "progress is declared as percent strings like '85%'; for plain "
+                "numbers set progress_format=number and progress_scale "
+                "(--progress-format, --progress-scale)"
+            )
+        return (
+            "progress is declared as plain numbers; for strings like '85%' set "
+            "progress_format=percent (--progress-format)"
+        )
+    if expectation == "expect_column_values_to_be_between":
+        return (
+            f"progress is declared on a scale of 0-{fmt.scale:g}{fmt.unit}; check "
+            "progress_scale (--progress-scale)"
+        )
+    return None
+
+
 def _describe_failure(failure: dict[str, Any]) -> str:
     examples = ", ".join(
         f"row {e['row_number']} ({e['value']!r})" for e in failure["examples"]
     )
     column = f" on '{failure['column']}'" if failure["column"] else ""
+    hint = f" ({failure['hint']})" if failure.get("hint") else ""
     return (
         f"{failure['expectation']}{column} failed on {failure['rows']} rows"
         + (f", e.g. {examples}" if examples else "")
+        + hint
     )
 
 

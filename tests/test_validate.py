@@ -462,3 +462,15 @@ def test_validate_counts_rows_an_unclosed_quote_swallowed_as_bad(
     quarantine = _quarantine(run)
     assert quarantine.row_number.tolist() == [31]
     assert "rows 31 to 40 were read as one record" in quarantine.reason.iloc[0]
+
+
+def test_gate_message_says_how_to_declare_plain_numbers(tmp_path: Path) -> None:
+    progress = _write(
+        tmp_path / "students.csv",
+        "studentId,courseId,progress\n" + "".join(f"S{i},C1,73\n" for i in range(9)),
+    )
+    run, settings = _run_files(tmp_path, _courses_csv(tmp_path / "c.csv"), progress)
+    with pytest.raises(ValidationGateError) as info:
+        validate(run, settings)
+    assert "expect_column_values_to_match_regex on 'progress'" in str(info.value)
+    assert "set progress_format=number and progress_scale" in str(info.value)
