@@ -58,6 +58,7 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help="a categories value meaning 'none', e.g. '(no genres listed)'",
     )
+    group.add_argument("--csv-delimiter", help="field delimiter of CSV sources (,)")
     group.add_argument("--category-separator", help="separator of categories (|)")
 
 
@@ -172,6 +173,7 @@ SETTING_ARGS = (
     "progress_format",
     "progress_scale",
     "no_category_values",
+    "csv_delimiter",
     "category_separator",
     "warehouse_url",
     "data_dir",

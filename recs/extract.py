@@ -96,8 +96,10 @@ def read_source(
     elif _is_parquet(location):
         table, rejects = _read_parquet(location), _empty_rejects()
     else:
-        table, rejects, markers_parsed = _read_csv(location, settings.null_values)
-    table = _select_columns(table, mapping, location)
+        table, rejects, markers_parsed = _read_csv(
+            location, settings.null_values, settings.csv_delimiter
+        )
+    table = _select_columns(table, mapping, location, settings.csv_delimiter)
     return _clean_text(table, settings.null_values, markers_parsed), rejects
 
 
@@ -287,7 +289,7 @@ def _read_head(location: str) -> bytes:
 
 
 def _read_csv(
-    location: str, null_values: tuple[str, ...] = ()
+    location: str, null_values: tuple[str, ...] = (), delimiter: str = ","
 ) -> tuple[pa.Table, pa.Table, bool]:
     """Read a CSV as text; malformed rows are set aside with their row numbers.
 
@@ -299,19 +301,21 @@ def _read_csv(
     head = _read_head(location)
     if not head.strip(_BLANK):
         raise InputFileError(location, "file is empty (no header, no rows)")
-    header = _read_header(head, location)
+    header = _read_header(head, location, delimiter)
     markers = _parse_markers(null_values)
-    table, rejects = _parse_file(location, header, markers)
+    table, rejects = _parse_file(location, header, markers, delimiter)
     if markers and not set(table.column_names) <= set(header):
         # Columns the first line does not name (it is blank, say) get their
         # type inferred with Arrow's own null markers: parse them as such.
         markers = []
-        table, rejects = _parse_file(location, header, markers)
+        table, rejects = _parse_file(location, header, markers, delimiter)
     if rejects:
         # The fast multi-threaded parse cannot say where a bad row was; parse
         # again serially, which numbers every row, to report them exactly.
         data = pa.py_buffer(_read_all(location))
-        table, rejects = _parse_csv(data, header, markers, location, fast=False)
+        table, rejects = _parse_csv(
+            data, header, markers, location, fast=False, delimiter=delimiter
+        )
     reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
     covered = [
         number
@@ -325,16 +329,20 @@ def _read_csv(
 
 
 def _parse_file(
-    location: str, header: list[str], markers: list[str]
+    location: str, header: list[str], markers: list[str], delimiter: str = ","
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """Parse the whole file with Arrow's multi-threaded reader."""
     path = _local_path(location)
     if path is None:
         with _open(location) as source:
-            return _parse_csv(source, header, markers, location, fast=True)
+            return _parse_csv(
+                source, header, markers, location, fast=True, delimiter=delimiter
+            )
     # An OSFile, not the path: given a path, Arrow decompresses by extension.
     with pa.OSFile(str(path)) as source:
-        return _parse_csv(source, header, markers, location, fast=True)
+        return _parse_csv(
+            source, header, markers, location, fast=True, delimiter=delimiter
+        )
 
 
 def _parse_markers(null_values: tuple[str, ...]) -> list[str]:
@@ -354,6 +362,7 @@ def _parse_csv(
     markers: list[str],
     location: str,
     fast: bool,
+    delimiter: str = ",",
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     rejects: list[dict[str, Any]] = []
     # Without markers, Arrow's default null values still apply to any column
@@ -391,7 +400,9 @@ def _parse_csv(
             source,
             read_options=pacsv.ReadOptions(use_threads=fast, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
-                invalid_row_handler=on_invalid, newlines_in_values=not fast
+                delimiter=delimiter,
+                invalid_row_handler=on_invalid,
+                newlines_in_values=not fast,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
@@ -413,7 +424,7 @@ def _shorten(text: str) -> str:
     return f"{text[:REJECT_TEXT_CHARS]}... ({len(text)} characters)"
 
 
-def _read_header(data: bytes, location: str) -> list[str]:
+def _read_header(data: bytes, location: str, delimiter: str = ",") -> list[str]:
     """The column names on the first line (lines may end in LF, CRLF or CR)."""
     import csv
 
@@ -426,7 +437,7 @@ def _read_header(data: bytes, location: str) -> list[str]:
             location, "header is not UTF-8 text; save the file as UTF-8"
         ) from None
     try:
-        return next(csv.reader([text]), [])
+        return next(csv.reader([text], delimiter=delimiter), [])
     except csv.Error as err:
         raise InputFileError(location, f"cannot read the header: {err}") from None
 
@@ -490,7 +501,7 @@ def _read_sql(query: str, settings: Settings) -> pa.Table:
 
 
 def _select_columns(
-    table: pa.Table, mapping: dict[str, str | None], location: str
+    table: pa.Table, mapping: dict[str, str | None], location: str, delimiter: str = ","
 ) -> pa.Table:
     stripped = [name.strip() for name in table.column_names]
     repeated = sorted({name for name in stripped if stripped.count(name) > 1})
@@ -509,8 +520,15 @@ def _select_columns(
     if missing:
         found = [n for n in table.column_names if n != "row_number"]
         hint = ""
-        if len(found) == 1 and any(sep in found[0] for sep in ";\t|"):
-            hint = "; the file seems to use another delimiter than ','"
+        others = [
+            sep for sep in ",;\t|" if len(found) == 1 and sep != delimiter
+            and sep in found[0]
+        ]
+        if others:
+            hint = (
+                f"; the file seems to use another delimiter than {delimiter!r} "
+                f"(set csv_delimiter, e.g. --csv-delimiter {others[0]!r})"
+            )
         raise InputFileError(
             location,
             f"missing column(s) {', '.join(map(repr, missing))}; "

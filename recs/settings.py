@@ -48,6 +48,7 @@ class Settings:
     timestamp_column: str | None = None
 
     # How values are written in the source.
+    csv_delimiter: str = ","
     category_separator: str = "|"
     no_category_values: tuple[str, ...] = ()
     null_values: tuple[str, ...] = ("", "N/A", "NA", "n/a", "null", "NULL", "None")
@@ -95,6 +96,11 @@ class Settings:
         if not 0 < self.mastery_threshold < 1:
             raise ValueError(
                 f"mastery_threshold must be in (0, 1), got {self.mastery_threshold}"
+            )
+        if len(self.csv_delimiter) != 1 or self.csv_delimiter in "\"\r\n":
+            raise ValueError(
+                "csv_delimiter must be one character other than a quote or a "
+                f"line break, got {self.csv_delimiter!r}"
             )
         if self.top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {self.top_n}")
@@ -228,6 +234,7 @@ _FLOAT_FIELDS = {
 }
 _TUPLE_FIELDS = {"no_category_values", "null_values", "auto_k_range"}
 _BOOL_FIELDS = {"quality_gate"}
+_TAB_NAMES = {"tab", "\\t"}  # ways to write a tab delimiter on a command line
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 # RECS_* variables that name no setting but are read elsewhere.
@@ -245,6 +252,8 @@ def _warn_unknown_variables(env: Mapping[str, str], names: list[str]) -> None:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name == "csv_delimiter" and value in _TAB_NAMES:
+        return "\t"
     if isinstance(value, str):
         return _parse(name, value, None)
     if name == "auto_k_range":
@@ -255,6 +264,8 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _parse(name: str, raw: str, _type: Any) -> Any:
+    if name == "csv_delimiter" and raw in _TAB_NAMES:
+        return "\t"
     try:
         if name == "n_clusters":
             return "auto" if raw.strip().lower() == "auto" else int(raw)

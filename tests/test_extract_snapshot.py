@@ -263,3 +263,15 @@ def test_an_unclosed_quote_counts_every_row_it_swallows(
     assert "rows 7 to 10 were read as one record" in swallowed["reason"]
     assert swallowed["text"].startswith('"S7,C1,7%')
     assert swallowed["text"].endswith("characters)")
+
+
+def test_a_declared_delimiter_is_used_and_a_wrong_one_named(tmp_path: Path) -> None:
+    data = b"studentId;courseId;progress\nS1;C1;85%\nS2;C1;\"7,5%\"\n"
+    rows = _progress(tmp_path, data, csv_delimiter=";")
+    assert [(r["student_id"], r["progress"]) for r in rows] == [
+        ("S1", "85%"), ("S2", "7,5%")
+    ]
+    students = tmp_path / "students.csv"
+    settings = _settings(tmp_path, students)
+    with pytest.raises(InputFileError, match=r"--csv-delimiter ';'"):
+        read_source(str(students), "progress", settings)
