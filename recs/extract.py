@@ -165,7 +165,12 @@ def extract(run: RunContext, settings: Settings) -> dict[str, Any]:
 
 
 def malformed_rows(rejects: pa.Table) -> int:
-    """Source rows the malformed records of ``rejects`` cover."""
+    """Source rows the malformed records of ``rejects`` cover.
+
+    Rejects written before records counted their ``lines`` count one each.
+    """
+    if "lines" not in rejects.column_names:
+        return rejects.num_rows
     return int(pc.sum(rejects.column("lines")).as_py() or 0)
 
 

@@ -270,7 +270,7 @@ def build_features(run: RunContext, settings: Settings) -> dict[str, Any]:
     courses, data = read_encoded(run)
     means, labels, factors = student_features(data, courses, settings)
     category_path = run.partition("features", "student_category") / "features.parquet"
-    student_ids = pa.array(data.students, pa.string())
+    student_ids = data.student_id_array()
     summary: dict[str, Any] = {
         "students": data.n_students,
         "courses": data.n_courses,

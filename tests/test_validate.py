@@ -474,3 +474,13 @@ def test_gate_message_says_how_to_declare_plain_numbers(tmp_path: Path) -> None:
         validate(run, settings)
     assert "expect_column_values_to_match_regex on 'progress'" in str(info.value)
     assert "set progress_format=number and progress_scale" in str(info.value)
+
+
+def test_rejects_written_without_line_counts_count_one_row_each() -> None:
+    import pyarrow as pa
+
+    from recs.extract import malformed_rows
+
+    old = pa.table({"row_number": [3, 9], "text": ["a", "b"], "reason": ["x", "y"]})
+    assert malformed_rows(old) == 2
+    assert malformed_rows(old.append_column("lines", pa.array([1, 4]))) == 5
