@@ -21,6 +21,7 @@ from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -141,7 +142,12 @@ def test_browser_operator_flow(
     wait.until(EC.presence_of_element_located((By.NAME, "username"))).send_keys(ADMIN)
     driver.find_element(By.NAME, "password").send_keys(stack.passwords[ADMIN])
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait.until(lambda d: d.get_cookie("_token"), "no _token cookie after signing in")
+    # The click navigates; reading cookies while it does can fail ("aborted
+    # by navigation"), so such reads are tried again.
+    signing_in = WebDriverWait(driver, 30, ignored_exceptions=[WebDriverException])
+    signing_in.until(
+        lambda d: d.get_cookie("_token"), "no _token cookie after signing in"
+    )
     shot("02-signed-in")
 
     # Find the DAG in the list and trigger it from its page.
