@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recs.clean import Encoded, clean_paths, read_encoded
@@ -124,7 +125,7 @@ def holdout_split(
     keep = np.ones(len(data.student), dtype=bool)
     keep[hidden_rows] = False
     train = Encoded(
-        students=data.students,
+        student_ids=data.student_ids,
         courses=data.courses,
         student=data.student[keep],
         course=data.course[keep],
@@ -401,7 +402,7 @@ def sample_students(
     new_code = np.cumsum(keep) - 1
     logger.info("evaluating on a sample of %d of %d students", limit, data.n_students)
     sampled = Encoded(
-        students=data.students[keep],
+        student_ids=data.student_ids.filter(pa.array(keep)),
         courses=data.courses,
         student=new_code[data.student[rows]].astype(data.student.dtype),
         course=data.course[rows],

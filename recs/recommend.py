@@ -282,7 +282,7 @@ def recommend(run: RunContext, settings: Settings) -> dict[str, Any]:
     ranked = rank_for_clusters(data, labels, settings.mastery_threshold, settings.top_n)
     sizes = np.bincount(labels)
     out_dir = run.partition("recommendations")
-    student_ids = data.student_id_array()
+    student_ids = data.student_ids
     # Columns with few distinct values stay dictionary-encoded: no text is
     # copied per row, and Parquet stores them as the dictionaries they are.
     recommendations = pa.table(

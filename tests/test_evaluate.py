@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from recs import evaluate
@@ -128,7 +129,7 @@ def _encoded(rows: list[tuple[int, int, float]], n_courses: int) -> Encoded:
     student, course, progress = (np.array(col) for col in zip(*rows, strict=True))
     n_students = int(student.max()) + 1
     return Encoded(
-        students=np.array([f"s{i:03d}" for i in range(n_students)]),
+        student_ids=pa.array([f"s{i:03d}" for i in range(n_students)]),
         courses=np.array([f"c{i:03d}" for i in range(n_courses)]),
         student=student.astype(np.int32),
         course=course.astype(np.int32),
@@ -158,7 +159,7 @@ def test_holdout_split_hides_a_share_of_mastered_courses() -> None:
     progress = dict(zip(_pairs(data.student, data.course), data.progress, strict=True))
     assert all(progress[pair] > 0.9 for pair in _pairs(truth.student, truth.course))
     assert len(train.student) == len(data.student) - len(truth.course)
-    assert train.students is data.students and train.courses is data.courses
+    assert train.student_ids is data.student_ids and train.courses is data.courses
 
 
 def test_holdout_split_removes_hidden_rows_from_training() -> None:
@@ -487,7 +488,7 @@ def test_sample_students_keeps_every_row_of_the_chosen_students() -> None:
     from recs.evaluate import sample_students
 
     data = Encoded(
-        students=np.array(["a", "b", "c", "d"]),
+        student_ids=pa.array(["a", "b", "c", "d"]),
         courses=np.array(["x", "y"]),
         student=np.array([0, 0, 1, 2, 3, 3], dtype=np.int32),
         course=np.array([0, 1, 0, 1, 0, 1], dtype=np.int32),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recs import features
 from recs.clean import encode
 from recs.context import RunContext
 from recs.features import (
@@ -134,6 +138,42 @@ def test_build_features_adds_unit_length_factors_for_enough_students(
     )
 
 
+def test_course_factors_match_an_exact_truncated_svd() -> None:
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+
+    rng = np.random.default_rng(3)
+    dense = rng.uniform(0, 1, (400, 30)) * (rng.uniform(0, 1, (400, 30)) < 0.3)
+    dense[:, :5] += 2 * rng.uniform(0, 1, (400, 1))  # a few strong directions
+    matrix = sparse.csr_matrix(dense)
+    ours = features.course_factors(matrix, n_components=4, random_state=0)
+    exact = TruncatedSVD(4, algorithm="arpack").fit_transform(matrix)
+    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
+    # Singular vectors are defined up to sign: align each column first.
+    signs = np.sign((ours * exact).sum(axis=0))
+    assert ours.dtype == np.float32
+    assert np.abs(ours - exact * signs).max() < 1e-4
+
+
+def test_read_numpy_joins_row_groups_in_file_order(tmp_path: Path) -> None:
+    from recs.clean import read_numpy
+
+    path = tmp_path / "codes.parquet"
+    student = np.repeat(np.arange(50, dtype=np.int32), 3)
+    progress = np.linspace(0, 1, len(student))
+    pq.write_table(
+        pa.table({"student": student, "progress": progress, "other": progress}),
+        path,
+        row_group_size=16,
+    )
+    assert pq.ParquetFile(path).metadata.num_row_groups > 2
+    out = read_numpy(path, {"student": np.int32, "progress": np.float64})
+    assert list(out) == ["student", "progress"]
+    assert out["student"].dtype == np.int32
+    assert out["student"].tolist() == student.tolist()
+    assert out["progress"].tolist() == progress.tolist()
+
+
 def test_count_codes_equals_bincount_across_slices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -149,8 +189,6 @@ def test_category_means_and_gram_match_a_loop_over_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from scipy import sparse
-
-    from recs import features
 
     rng = np.random.default_rng(5)
     n_students, n_courses = 700, 9
