@@ -72,13 +72,26 @@ def course_categories(
 def progress_matrix(data: Encoded) -> Any:
     """Student x course progress as a CSR matrix, built straight from the codes.
 
-    Rows already grouped by student (the usual order of a source) need no
-    sort; repeated (student, course) rows stay separate entries, so every
-    product below counts each row on its own.
+    Repeated (student, course) rows stay separate entries, so every product
+    below counts each row on its own.
     """
     from scipy import sparse
 
     student, course, progress = data.student, data.course, data.progress
+    shape = (data.n_students, data.n_courses)
+    # Sources usually list a student's rows together, though seldom in the
+    # order of the codes. When every student's rows form one run, the runs
+    # become rows where they lie and only the rows are put in code order:
+    # linear in rows, where sorting twenty million codes took a second.
+    starts = np.concatenate([[0], np.flatnonzero(student[1:] != student[:-1]) + 1])
+    if len(student) and len(starts) == data.n_students:
+        run_student = student[starts]
+        order = np.argsort(run_student)
+        if np.array_equal(run_student[order], np.arange(data.n_students)):
+            indptr = np.concatenate([starts, [len(student)]])
+            by_run = sparse.csr_matrix((progress, course, indptr), shape=shape)
+            in_order = np.array_equal(order, np.arange(data.n_students))
+            return by_run if in_order else by_run[order]
     if len(student) > 1 and (student[1:] < student[:-1]).any():
         order = np.argsort(student, kind="stable")
         student, course, progress = student[order], course[order], progress[order]
@@ -87,9 +100,7 @@ def progress_matrix(data: Encoded) -> Any:
     indptr = np.searchsorted(
         student, np.arange(data.n_students + 1, dtype=student.dtype)
     )
-    return sparse.csr_matrix(
-        (progress, course, indptr), shape=(data.n_students, data.n_courses)
-    )
+    return sparse.csr_matrix((progress, course, indptr), shape=shape)
 
 
 def category_means(

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recs import features
-from recs.clean import encode
+from recs.clean import Encoded, encode
 from recs.context import RunContext
 from recs.features import (
     build_features,
@@ -172,6 +172,40 @@ def test_read_numpy_joins_row_groups_in_file_order(tmp_path: Path) -> None:
     assert out["student"].dtype == np.int32
     assert out["student"].tolist() == student.tolist()
     assert out["progress"].tolist() == progress.tolist()
+
+
+@pytest.mark.parametrize(
+    "student",
+    [
+        [2, 2, 0, 1, 1, 1, 3],  # one run per student, codes out of order
+        [0, 0, 1, 1, 2, 3, 3],  # already in code order
+        [1, 0, 1, 2, 3, 0, 3],  # students split across runs
+        [1, 1, 3, 3, 2, 2, 2],  # student 0 has no rows (a training split)
+        [1, 1, 0, 0, 1, 3, 3],  # as many runs as students, yet one split
+    ],
+)
+def test_progress_matrix_puts_rows_in_code_order(student: list[int]) -> None:
+    course = np.array([0, 2, 1, 0, 2, 1, 1], np.int32)
+    progress = np.linspace(0.1, 0.7, 7)
+    data = Encoded(
+        student_ids=pa.array(["a", "b", "c", "d"]),
+        courses=np.array(["x", "y", "z"]),
+        student=np.array(student, np.int32),
+        course=course,
+        progress=progress,
+    )
+    matrix = progress_matrix(data)
+    expected = np.zeros((4, 3))
+    np.add.at(expected, (np.array(student), course), progress)
+    assert matrix.shape == (4, 3)
+    assert matrix.nnz == 7
+    assert np.array_equal(matrix.toarray(), expected)
+    # Each row holds its student's entries in source order.
+    for code in range(4):
+        row = matrix[code]
+        rows = np.flatnonzero(np.array(student) == code)
+        assert row.indices.tolist() == course[rows].tolist()
+        assert row.data.tolist() == progress[rows].tolist()
 
 
 def test_count_codes_equals_bincount_across_slices(
