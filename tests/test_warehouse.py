@@ -212,6 +212,63 @@ def test_publish_run_then_read(engine: sa.Engine, tmp_path: Path) -> None:
     assert metrics["run_id"] == "20261203_aaaa"
 
 
+def test_publish_run_reads_back_shuffled_recommendations_in_order(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    paths = make_run(tmp_path / "r", students=7)
+    recs_path = paths["student_recommendations"]
+    expected = pd.read_parquet(recs_path)
+    expected.sample(frac=1, random_state=3).to_parquet(recs_path, index=False)
+
+    result = warehouse.publish_run(engine, "r", "2026-12-03", paths, {})
+
+    assert result["rows"]["student_recommendations"] == 21
+    got = view_rows(engine, "student_recommendations")
+    want = expected.sort_values(list(expected.columns)).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    ranks = warehouse.student_recommendations(engine, "004")["recommendations"]
+    assert [r["rank"] for r in ranks] == [1, 2, 3]
+    if engine.dialect.name == "postgresql":
+        # Stored one row per student, the view unnests the arrays.
+        table = f"student_recommendations__{result['table_key']}"
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql(f'SELECT count(*) FROM "{table}"')
+            assert stored.scalar() == 7
+
+
+def test_publish_run_refuses_a_repeated_student_rank_pair(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    warehouse.publish_run(engine, "good", "2026-12-01", make_run(tmp_path / "g"), {})
+    paths = make_run(tmp_path / "b")
+    recs = pd.read_parquet(paths["student_recommendations"])
+    recs.loc[4, "rank"] = recs.loc[3, "rank"]  # student 001 has rank 1 twice
+    recs.to_parquet(paths["student_recommendations"], index=False)
+
+    with pytest.raises(PublishError, match="previous run is still published"):
+        warehouse.publish_run(engine, "bad", "2026-12-02", paths, {})
+    assert warehouse.current_run(engine)["run_id"] == "good"
+    assert len(view_rows(engine, "student_recommendations")) == 18
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("rank", 4), ("cluster_id", 7)]
+)
+def test_postgres_refuses_rows_its_nested_table_cannot_hold(
+    engine: sa.Engine, tmp_path: Path, column: str, value: int
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL stores recommendations one row per student")
+    paths = make_run(tmp_path / "b")
+    recs = pd.read_parquet(paths["student_recommendations"])
+    recs.loc[4, column] = value  # student 001: a gap in its ranks, two clusters
+    recs.to_parquet(paths["student_recommendations"], index=False)
+
+    with pytest.raises(PublishError, match="student_id '001' are not ranked 1..N"):
+        warehouse.publish_run(engine, "bad", "2026-12-02", paths, {})
+    assert warehouse.current_run(engine) is None
+
+
 def test_publish_run_keeps_text_nulls_and_quotes(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
@@ -511,7 +568,11 @@ def test_views_stamp_rows_with_run_id_and_publish_time(
                 c for c, _, _ in columns
             ] + list(STAMPS)
             stored = inspector.get_columns(f"{name}__{result['table_key']}")
-            assert [c["name"] for c in stored] == [c for c, _, _ in columns]
+            expected = [c for c, _, _ in columns]
+            if engine.dialect.name == "postgresql" and name in warehouse._NESTED:
+                # The position in a student's arrays is the rank.
+                expected.remove(warehouse._NESTED[name].order)
+            assert [c["name"] for c in stored] == expected
     for name in warehouse.READER_TABLES:
         pairs, types = view_stamps(engine, name)
         assert pairs == {(run_id, published_at)}
