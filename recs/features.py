@@ -70,28 +70,43 @@ def course_categories(
 
 
 def progress_matrix(data: Encoded) -> Any:
-    """Student x course progress as a CSR matrix, built straight from the codes.
+    """Student x course progress as a CSR matrix, one row per student code.
 
     Repeated (student, course) rows stay separate entries, so every product
     below counts each row on its own.
+    """
+    matrix, codes = student_rows(data)
+    return matrix if codes is None else matrix[np.argsort(codes)]
+
+
+def student_rows(data: Encoded) -> tuple[Any, np.ndarray | None]:
+    """Progress as a CSR matrix of one row per student, rows where they lie.
+
+    Sources usually list a student's rows together, though seldom in the
+    order of the codes. When every student's rows form one run, each run
+    becomes a matrix row as it lies, and the products below write their
+    results to the rows' codes: no row is moved, where sorting twenty
+    million codes took a second and putting the matrix rows in code order
+    copied every entry.
+
+    Returns
+    -------
+    matrix : scipy.sparse.csr_matrix, shape (n_students, n_courses)
+    codes : numpy.ndarray of int, or None
+        The student code of each matrix row; None when row i is student i.
     """
     from scipy import sparse
 
     student, course, progress = data.student, data.course, data.progress
     shape = (data.n_students, data.n_courses)
-    # Sources usually list a student's rows together, though seldom in the
-    # order of the codes. When every student's rows form one run, the runs
-    # become rows where they lie and only the rows are put in code order:
-    # linear in rows, where sorting twenty million codes took a second.
     starts = np.concatenate([[0], np.flatnonzero(student[1:] != student[:-1]) + 1])
     if len(student) and len(starts) == data.n_students:
-        run_student = student[starts]
-        order = np.argsort(run_student)
-        if np.array_equal(run_student[order], np.arange(data.n_students)):
+        codes = student[starts]
+        if np.array_equal(np.sort(codes), np.arange(data.n_students)):
             indptr = np.concatenate([starts, [len(student)]])
-            by_run = sparse.csr_matrix((progress, course, indptr), shape=shape)
-            in_order = np.array_equal(order, np.arange(data.n_students))
-            return by_run if in_order else by_run[order]
+            matrix = sparse.csr_matrix((progress, course, indptr), shape=shape)
+            in_order = np.array_equal(codes, np.arange(data.n_students))
+            return matrix, None if in_order else codes
     if len(student) > 1 and (student[1:] < student[:-1]).any():
         order = np.argsort(student, kind="stable")
         student, course, progress = student[order], course[order], progress[order]
@@ -100,11 +115,15 @@ def progress_matrix(data: Encoded) -> Any:
     indptr = np.searchsorted(
         student, np.arange(data.n_students + 1, dtype=student.dtype)
     )
-    return sparse.csr_matrix((progress, course, indptr), shape=shape)
+    return sparse.csr_matrix((progress, course, indptr), shape=shape), None
 
 
 def category_means(
-    matrix: Any, pair_course: np.ndarray, pair_category: np.ndarray, n_categories: int
+    matrix: Any,
+    pair_course: np.ndarray,
+    pair_category: np.ndarray,
+    n_categories: int,
+    codes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each student's mean progress over the courses of each category.
 
@@ -118,6 +137,9 @@ def category_means(
     pair_course, pair_category : numpy.ndarray of int
         Course-category membership pairs (:func:`course_categories`).
     n_categories : int
+    codes : numpy.ndarray of int, optional
+        The student of each matrix row (:func:`student_rows`); rows of the
+        result are students in code order either way.
 
     Returns
     -------
@@ -143,11 +165,21 @@ def category_means(
         )
         hits = np.asarray(taken @ counted)
         sums = np.asarray(rows @ membership)
-        np.divide(sums, hits, out=means[block], where=hits > 0)
+        if codes is None:
+            np.divide(sums, hits, out=means[block], where=hits > 0)
+        else:
+            means[codes[block]] = np.divide(
+                sums, hits, out=np.zeros_like(sums), where=hits > 0
+            )
     return means
 
 
-def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndarray:
+def course_factors(
+    matrix: Any,
+    n_components: int,
+    random_state: int,
+    codes: np.ndarray | None = None,
+) -> np.ndarray:
     """Unit-length student factors from a truncated SVD of student x course progress.
 
     They carry which courses a student actually took, which category
@@ -158,6 +190,9 @@ def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndar
     ----------
     matrix : scipy.sparse.csr_matrix, shape (n_students, n_courses)
         Progress, as :func:`progress_matrix` builds it.
+    codes : numpy.ndarray of int, optional
+        The student of each matrix row (:func:`student_rows`); rows of the
+        result are students in code order either way.
 
     Returns
     -------
@@ -183,12 +218,15 @@ def course_factors(matrix: Any, n_components: int, random_state: int) -> np.ndar
         loadings = np.ascontiguousarray(components.T, dtype=np.float32)
         factors = np.empty((n_students, n_components), np.float32, order="F")
         for block in _row_blocks(n_students):
-            factors[block] = single[block] @ loadings
+            rows = block if codes is None else codes[block]
+            factors[rows] = single[block] @ loadings
     else:
         from sklearn.decomposition import TruncatedSVD
 
         svd = TruncatedSVD(n_components=n_components, random_state=random_state)
         factors = svd.fit_transform(matrix.astype(np.float32)).astype(np.float32)
+        if codes is not None:
+            factors[codes] = factors.copy()
     # Row norms without np.linalg.norm's temporary of squares (a matrix as
     # large as the factors); a student without progress keeps a zero row.
     norms = np.sqrt(np.einsum("ij,ij->i", factors, factors))[:, None]
@@ -272,7 +310,7 @@ def student_features(
     pair_course, pair_category, labels = course_categories(
         courses, data.courses, settings.category_separator
     )
-    matrix = progress_matrix(data)
+    matrix, codes = student_rows(data)
     with_factors = (
         settings.svd_components > 0 and data.n_students >= settings.svd_min_students
     )
@@ -281,12 +319,16 @@ def student_features(
     with ThreadPoolExecutor(1) as pool:
         factors = (
             pool.submit(
-                course_factors, matrix, settings.svd_components, settings.random_state
+                course_factors,
+                matrix,
+                settings.svd_components,
+                settings.random_state,
+                codes,
             )
             if with_factors
             else None
         )
-        means = category_means(matrix, pair_course, pair_category, len(labels))
+        means = category_means(matrix, pair_course, pair_category, len(labels), codes)
         if on_means is not None:
             on_means(means, labels)
         return means, labels, None if factors is None else factors.result()

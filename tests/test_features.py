@@ -208,6 +208,51 @@ def test_progress_matrix_puts_rows_in_code_order(student: list[int]) -> None:
         assert row.data.tolist() == progress[rows].tolist()
 
 
+@pytest.mark.parametrize("gram_max_courses", [2_000, 0])  # Gram, TruncatedSVD
+def test_student_features_do_not_depend_on_the_order_of_students(
+    monkeypatch: pytest.MonkeyPatch, gram_max_courses: int
+) -> None:
+    monkeypatch.setattr(features, "ROW_BLOCK", 16)  # several blocks
+    monkeypatch.setattr(features, "GRAM_MAX_COURSES", gram_max_courses)
+    n_courses = 40
+    rng = np.random.default_rng(8)
+    n_students = 120
+    lengths = rng.integers(1, 6, n_students)
+    student = np.repeat(np.arange(n_students, dtype=np.int32), lengths)
+    course = np.concatenate(
+        [rng.choice(n_courses, k, replace=False) for k in lengths]
+    ).astype(np.int32)
+    progress = rng.uniform(0, 1, len(student))
+    courses = pd.DataFrame(
+        {
+            "course_id": [f"c{i:04d}" for i in range(n_courses)],
+            "title": None,
+            "categories": [("A", "B|A", "C")[i % 3] for i in range(n_courses)],
+        }
+    )
+    ids = pa.array([f"s{i:03d}" for i in range(n_students)])
+
+    def encoded(order: np.ndarray) -> Encoded:
+        rows = np.concatenate([np.flatnonzero(student == s) for s in order])
+        return Encoded(
+            student_ids=ids,
+            courses=courses["course_id"].to_numpy(dtype=str),
+            student=student[rows],
+            course=course[rows],
+            progress=progress[rows],
+        )
+
+    settings = Settings(svd_components=3, svd_min_students=10)
+    by_code = features.student_features(encoded(np.arange(n_students)), courses,
+                                         settings)
+    shuffled = encoded(rng.permutation(n_students))
+    assert features.student_rows(shuffled)[1] is not None  # rows stay in place
+    by_run = features.student_features(shuffled, courses, settings)
+    assert by_run[1] == by_code[1]
+    assert np.array_equal(by_run[0], by_code[0])
+    assert np.abs(by_run[2] - by_code[2]).max() < 1e-4
+
+
 def test_count_codes_equals_bincount_across_slices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
