@@ -93,7 +93,8 @@ READER_TABLES = tuple(READER_COLUMNS)
 _NON_EMPTY = ("student_recommendations", "popular_courses")
 
 # Indexes built after the load: (suffix, columns, unique). The unique ones
-# also enforce the contract "one row per (student, rank)".
+# also enforce the contract "one row per (student, rank)" (in a nested
+# table, see Nesting, the unique group and the positions in it do).
 _INDEXES: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
     "student_recommendations": (("sr", ("student_id", "rank"), True),),
     "student_clusters": (("sc", ("student_id",), True),),
