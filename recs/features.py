@@ -223,10 +223,12 @@ def course_factors(
     else:
         from sklearn.decomposition import TruncatedSVD
 
+        # Rows in code order: randomized SVD's result depends on the order of
+        # the rows, and the factors must not depend on that of the source.
+        if codes is not None:
+            matrix = matrix[np.argsort(codes)]
         svd = TruncatedSVD(n_components=n_components, random_state=random_state)
         factors = svd.fit_transform(matrix.astype(np.float32)).astype(np.float32)
-        if codes is not None:
-            factors[codes] = factors.copy()
     # Row norms without np.linalg.norm's temporary of squares (a matrix as
     # large as the factors); a student without progress keeps a zero row.
     norms = np.sqrt(np.einsum("ij,ij->i", factors, factors))[:, None]

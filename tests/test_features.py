@@ -250,7 +250,10 @@ def test_student_features_do_not_depend_on_the_order_of_students(
     by_run = features.student_features(shuffled, courses, settings)
     assert by_run[1] == by_code[1]
     assert np.array_equal(by_run[0], by_code[0])
-    assert np.abs(by_run[2] - by_code[2]).max() < 1e-4
+    if gram_max_courses == 0:  # randomized SVD, fitted in code order
+        assert np.array_equal(by_run[2], by_code[2])
+    else:  # the Gram matrix adds the rows up in another order
+        assert np.abs(by_run[2] - by_code[2]).max() < 1e-4
 
 
 def test_count_codes_equals_bincount_across_slices(
