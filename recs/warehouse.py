@@ -1328,23 +1328,33 @@ def _nest(path: Path, table: pa.Table, nesting: Nesting) -> pa.RecordBatch:
     owner = np.repeat(np.arange(len(starts)), lengths)
     position = np.arange(len(table)) - starts[owner] + 1
     ranks = columns[order]
-    wrong = ranks.is_null().to_numpy(zero_copy_only=False) | (
-        ranks.fill_null(0).to_numpy() != position
-    )
+    missing = ranks.is_null().to_numpy(zero_copy_only=False)
+    values = ranks.fill_null(0).to_numpy()
+    repeated = np.append(False, same & (values[1:] == values[:-1]))
+    problems = [
+        (missing, f"a null {order}"),
+        (repeated, f"the same {order} twice"),
+        (~missing & ~repeated & (values != position), f"{order}s other than 1..N"),
+    ]
     for name in nesting.per_group:
-        values, firsts = columns[name], columns[name].take(pa.array(starts[owner]))
+        column, firsts = columns[name], columns[name].take(pa.array(starts[owner]))
         equal = pc.or_kleene(
-            pc.equal(values, firsts), pc.and_(values.is_null(), firsts.is_null())
+            pc.equal(column, firsts), pc.and_(column.is_null(), firsts.is_null())
         )
-        wrong |= ~pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
-    if wrong.any():
-        at = keys[int(np.flatnonzero(wrong)[0])].as_py()
-        raise InputFileError(
-            str(path),
-            f"rows of {group} {at!r} are not ranked 1..N by {order} or differ "
-            f"in {', '.join(nesting.per_group)}",
-            column=order,
+        problems.append(
+            (~pc.fill_null(equal, False).to_numpy(zero_copy_only=False),
+             f"more than one {name}")
         )
+    for rows, problem in problems:
+        if rows.any():
+            first = keys[int(np.flatnonzero(rows)[0])].as_py()
+            raise InputFileError(
+                str(path),
+                f"{group} {first!r} has {problem} ({int(rows.sum())} such rows in "
+                f"all); a {group}'s rows need {order}s 1..N and one value of "
+                f"{', '.join(nesting.per_group) or 'each column'}",
+                column=order,
+            )
     offsets = pa.array(np.append(starts, len(table)), pa.int32())
     arrays, names = [], []
     for name, column in columns.items():

@@ -252,19 +252,26 @@ def test_publish_run_refuses_a_repeated_student_rank_pair(
 
 
 @pytest.mark.parametrize(
-    ("column", "value"), [("rank", 4), ("cluster_id", 7)]
+    ("column", "value", "problem"),
+    [
+        ("rank", 4, "has ranks other than 1..N"),
+        ("rank", 1, "has the same rank twice"),
+        ("rank", None, "has a null rank"),
+        ("cluster_id", 7, "has more than one cluster_id"),
+    ],
 )
 def test_postgres_refuses_rows_its_nested_table_cannot_hold(
-    engine: sa.Engine, tmp_path: Path, column: str, value: int
+    engine: sa.Engine, tmp_path: Path, column: str, value: int | None, problem: str
 ) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL stores recommendations one row per student")
     paths = make_run(tmp_path / "b")
     recs = pd.read_parquet(paths["student_recommendations"])
-    recs.loc[4, column] = value  # student 001: a gap in its ranks, two clusters
+    recs[column] = recs[column].astype("Int32")
+    recs.loc[4, column] = value  # student 001's second row
     recs.to_parquet(paths["student_recommendations"], index=False)
 
-    with pytest.raises(PublishError, match="student_id '001' are not ranked 1..N"):
+    with pytest.raises(PublishError, match=f"student_id '001' {problem}"):
         warehouse.publish_run(engine, "bad", "2026-12-02", paths, {})
     assert warehouse.current_run(engine) is None
 
