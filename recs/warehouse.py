@@ -749,7 +749,15 @@ def _index_table(conn: sa.Connection, name: str, key: str) -> None:
         index = sa.Index(
             f"ix_{key}_{suffix}", *(table.c[c] for c in columns), unique=unique
         )
-        index.create(conn)
+        try:
+            index.create(conn)
+        except sa.exc.IntegrityError as err:
+            diag = getattr(err.orig, "diag", None)
+            detail = getattr(diag, "message_detail", None)
+            raise ValueError(
+                f"{name} has more than one row per ({', '.join(columns)})"
+                + (f": {detail}" if detail else "")
+            ) from None
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {_quote(conn, table.name)}")
 

@@ -252,6 +252,26 @@ def test_publish_run_refuses_a_repeated_student_rank_pair(
 
 
 @pytest.mark.parametrize(
+    ("table", "column"),
+    [("student_clusters", "student_id"), ("popular_courses", "rank")],
+)
+def test_publish_run_names_the_table_with_a_repeated_key(
+    engine: sa.Engine, tmp_path: Path, table: str, column: str
+) -> None:
+    paths = make_run(tmp_path / "b")
+    frame = pd.read_parquet(paths[table])
+    frame.loc[1, column] = frame.loc[0, column]
+    frame.to_parquet(paths[table], index=False)
+
+    with pytest.raises(PublishError) as caught:
+        warehouse.publish_run(engine, "bad", "2026-12-02", paths, {})
+    message = str(caught.value)
+    assert f"{table} has more than one row per ({column})" in message
+    assert "sqlalche.me" not in message and "CREATE UNIQUE INDEX" not in message
+    assert warehouse.current_run(engine) is None
+
+
+@pytest.mark.parametrize(
     ("column", "value", "problem"),
     [
         ("rank", 4, "has ranks other than 1..N"),
