@@ -1296,12 +1296,22 @@ def _nested_batches(
                 BATCH_ROWS
             )
         )
+    # The last group of a batch may go on in the next one: it is kept back,
+    # then joined by the head of the next batch. Only those few rows are
+    # copied; the rest of each batch is nested as it was read.
     pending: pa.Table | None = None
     for batch in batches:
         table = pa.Table.from_batches([batch])
         if pending is not None:
-            table = pa.concat_tables([pending, table])
-        # The last group may go on in the next batch: keep it for then.
+            keys, key = table.column(group), pending.column(group)[0]
+            head = 0
+            while head < len(table) and keys[head] == key:
+                head += 1
+            pending = pa.concat_tables([pending, table.slice(0, head)])
+            if head == len(table):
+                continue
+            yield _nest(path, pending, nesting)
+            table = table.slice(head)
         keys = table.column(group)
         last = len(table) - 1
         while last > 0 and keys[last - 1] == keys[len(table) - 1]:

@@ -251,6 +251,45 @@ def test_publish_run_refuses_a_repeated_student_rank_pair(
     assert len(view_rows(engine, "student_recommendations")) == 18
 
 
+def test_nested_batches_join_groups_across_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warehouse, "BATCH_ROWS", 4)
+    sizes = {"a": 3, "b": 10, "c": 1, "d": 4, "e": 2}  # b spans whole batches
+    rows = [(s, r) for s, n in sizes.items() for r in range(1, n + 1)]
+    path = tmp_path / "recs.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "student_id": [s for s, _ in rows],
+                "rank": pa.array([r for _, r in rows], pa.int32()),
+                "course_id": [f"{s}{r}" for s, r in rows],
+                "score": [float(r) for _, r in rows],
+                "cluster_id": pa.array([ord(s) for s, _ in rows], pa.int32()),
+                "strategy": ["cluster"] * len(rows),
+                "reason": [None] * len(rows),
+            }
+        ),
+        path,
+    )
+    types = {c: t for c, _, t in warehouse.READER_COLUMNS["student_recommendations"]}
+    nesting = warehouse._NESTED["student_recommendations"]
+
+    read = warehouse._read_batches(path, types, {})
+    batches = list(warehouse._nested_batches(path, read, nesting))
+
+    nested = pa.Table.from_batches(batches)
+    assert nested.column_names == [
+        "student_id", "course_id", "score", "cluster_id", "strategy", "reason"
+    ]
+    assert nested.column("student_id").to_pylist() == list(sizes)
+    assert nested.column("course_id").to_pylist() == [
+        [f"{s}{r}" for r in range(1, n + 1)] for s, n in sizes.items()
+    ]
+    assert nested.column("cluster_id").to_pylist() == [ord(s) for s in sizes]
+    assert sum(warehouse._flat_rows(b, nesting) for b in batches) == len(rows)
+
+
 @pytest.mark.parametrize(
     ("table", "column"),
     [("student_clusters", "student_id"), ("popular_courses", "rank")],
