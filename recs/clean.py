@@ -174,6 +174,8 @@ def read_numpy(path: Path, dtypes: dict[str, type]) -> dict[str, np.ndarray]:
     out = {name: np.empty(starts[-1], dtype) for name, dtype in dtypes.items()}
 
     def read_group(index: int) -> None:
+        # A reader of its own per call: a ParquetFile is not for sharing
+        # between threads.
         group = pq.ParquetFile(path).read_row_group(
             index, columns=list(dtypes), use_threads=False
         )

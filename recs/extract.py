@@ -525,9 +525,9 @@ def _select_columns(
     if missing:
         found = [n for n in table.column_names if n != "row_number"]
         hint = ""
-        others = [
-            sep for sep in ",;\t|" if len(found) == 1 and sep != delimiter
-            and sep in found[0]
+        # One column found where several are wanted: another delimiter?
+        others = [] if len(found) != 1 else [
+            s for s in ",;\t|" if s != delimiter and s in found[0]
         ]
         if others:
             hint = (

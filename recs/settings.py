@@ -163,7 +163,7 @@ class Settings:
         for name in names:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _parse(name, raw, None)
+                values[name] = _parse(name, raw)
         _warn_unknown_variables(env, names)
         for name, value in overrides.items():
             if value is None:
@@ -252,10 +252,8 @@ def _warn_unknown_variables(env: Mapping[str, str], names: list[str]) -> None:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name == "csv_delimiter" and value in _TAB_NAMES:
-        return "\t"
     if isinstance(value, str):
-        return _parse(name, value, None)
+        return _parse(name, value)
     if name == "auto_k_range":
         return tuple(int(v) for v in value)
     if name in _TUPLE_FIELDS:
@@ -263,7 +261,7 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _parse(name: str, raw: str, _type: Any) -> Any:
+def _parse(name: str, raw: str) -> Any:
     if name == "csv_delimiter" and raw in _TAB_NAMES:
         return "\t"
     try:

@@ -103,7 +103,6 @@ _INDEXES: dict[str, tuple[tuple[str, tuple[str, ...], bool], ...]] = {
 }
 
 
-
 class Nesting(NamedTuple):
     """How a run table stores its rows one per group (PostgreSQL only).
 
@@ -1261,9 +1260,9 @@ def _load_table(
             copy.write(encoder.write_header())
             for batch in itertools.chain([first], batches):
                 copy.write(encoder.write_batch(batch))
-                rows += _flat_rows(batch, nesting)
             copy.write(encoder.finish())
-        return rows
+        # Every row of the file went in (nested batches hold several each).
+        return pq.read_metadata(path).num_rows
 
     marks = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {_quote(conn, table.name)} ({column_list}) VALUES ({marks})"
@@ -1396,14 +1395,6 @@ def _sorted_by(keys: pa.ChunkedArray, ranks: pa.ChunkedArray) -> bool:
     ties = pc.equal(before, after)
     return bool(pc.all(pc.or_(pc.invert(ties), pc.less_equal(ranks[:-1], ranks[1:])))
                 .as_py())
-
-
-def _flat_rows(batch: pa.RecordBatch, nesting: Nesting | None) -> int:
-    """Source rows in a batch: a nested batch's list elements."""
-    if nesting is None:
-        return batch.num_rows
-    lists = next(c for c in batch.columns if pa.types.is_list(c.type))
-    return len(pc.list_flatten(lists))
 
 
 def _python_values(column: pa.Array) -> list[Any]:
